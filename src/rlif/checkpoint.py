@@ -1,0 +1,120 @@
+"""Atomic checkpoints: a Hugging Face model folder plus the trainer state, published by one rename.
+
+Layout: RUN/checkpoints/step_000050/{config.json, model.safetensors, tokenizer files, trainer_state.pt}.
+A checkpoint is written under a temporary name, flushed to disk, then renamed: a kill at any
+moment leaves either the previous checkpoints or the new complete one, never a broken latest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+STATE_FILE = "trainer_state.pt"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints as (step, path), oldest first."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _STEP_DIR.match(path.name)
+        if match and (path / STATE_FILE).is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | Path) -> tuple[int, Path] | None:
+    checkpoints = list_checkpoints(run_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as file:
+                os.fsync(file.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(run_dir, step: int, model, tokenizer, state: dict, keep: int, state_dict=None) -> Path:
+    """Write checkpoint `step` atomically and delete all but the `keep` newest complete ones."""
+    root = checkpoint_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:06d}"
+    staging = root / f".incomplete-step_{step:06d}"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    torch.save(state, staging / STATE_FILE)
+    _fsync_tree(staging)
+    if final.exists():  # re-saving the same step (e.g. after a resume): replace it whole
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    _fsync_dir(root)
+    for _, old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def remove_incomplete(run_dir) -> None:
+    """Delete leftovers of saves that were killed before their rename."""
+    root = checkpoint_dir(run_dir)
+    if root.is_dir():
+        for path in root.glob(".incomplete-*"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def truncate_jsonl(path: str | Path, last_step: int) -> None:
+    """Keep only the lines of a per-step JSONL log whose "step" is <= last_step (atomic rewrite)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        if record.get("step", 0) <= last_step:
+            kept.append(line)
+    staging = path.with_suffix(path.suffix + ".tmp")
+    staging.write_text("".join(line + "\n" for line in kept))
+    os.replace(staging, path)

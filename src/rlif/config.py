@@ -1,0 +1,369 @@
+"""Typed run configuration: YAML file + `section.field=value` overrides, validated before any work.
+
+Each concern is one flat dataclass with a docstring under every field (`rlif config docs` prints
+them). Defaults are the INTUITOR paper's (Qwen2.5-1.5B/3B on MATH): 128 prompts x G = 7, lr 3e-6,
+beta 0.005, clip 0.2, temperature 0.9, 3072 new tokens, cosine schedule with 10% warmup.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import textwrap
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown, of the wrong type or out of range."""
+
+
+DEFAULT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""
+    """Policy model: a local Hugging Face model folder or a hub id. The frozen reference is the same weights."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype the weights are loaded and updated in (the optimizer state follows it)."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """Autocast for forward passes (accelerate). auto: bf16 on a CUDA GPU that supports it, else no."""
+    gradient_checkpointing: bool = False
+    """Recompute decoder activations in the backward pass (less memory, about 30% more compute)."""
+    trust_remote_code: bool = False
+    """Allow model/tokenizer code from the model folder to run (Hugging Face `trust_remote_code`)."""
+
+    def validate(self) -> None:
+        _require(bool(self.path), "model.path", self.path, "a model folder or hub id")
+
+
+@dataclass
+class DataConfig:
+    path: str = ""
+    """Training prompts: a .jsonl file (one JSON object per line) or a .parquet file."""
+    prompt_field: str = "prompt"
+    """Field holding the prompt text."""
+    label_field: str | None = "answer"
+    """Field holding the reference answer, used only by rewards that declare `uses_labels` and for monitoring accuracy. null: no labels."""
+    prompt_template: str = "{prompt}"
+    """Template of the user message: `{prompt}` is replaced by the prompt text (other braces are kept as they are)."""
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
+    """System message for the chat template (the paper's asks for step-by-step reasoning and a \\boxed{} answer). null: none."""
+    chat_template: bool = True
+    """Wrap the user message in the tokenizer's chat template (with a generation prompt). false: the rendered text is the prompt."""
+    max_prompt_tokens: int = 512
+    """Prompts longer than this (in tokens, after templating) are dropped at start-up, and the count is printed."""
+
+    def validate(self) -> None:
+        _require(bool(self.path), "data.path", self.path, "a .jsonl or .parquet file")
+        _require(Path(self.path).suffix in (".jsonl", ".parquet"), "data.path", self.path, "a file ending in .jsonl or .parquet")
+        _require("{prompt}" in self.prompt_template, "data.prompt_template", self.prompt_template, "a format string containing {prompt}")
+        _require(self.max_prompt_tokens > 0, "data.max_prompt_tokens", self.max_prompt_tokens, "a positive integer")
+
+
+@dataclass
+class RolloutConfig:
+    group_size: int = 7
+    """G: responses sampled per prompt; advantages are normalized within each group."""
+    temperature: float = 0.9
+    """Sampling temperature; policy and reference log-probs use the same temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1.0 samples from the whole distribution, as the paper)."""
+    max_new_tokens: int = 3072
+    """Responses stop at EOS or after this many tokens (then counted as truncated)."""
+    generation_batch_size: int = 64
+    """Sequences per `generate` call (memory knob; does not change the result's distribution)."""
+
+    def validate(self) -> None:
+        _require(self.group_size >= 2, "rollout.group_size", self.group_size, "an integer >= 2 (advantages need a group)")
+        _require(self.temperature > 0, "rollout.temperature", self.temperature, "a positive number")
+        _require(0 < self.top_p <= 1, "rollout.top_p", self.top_p, "a number in (0, 1]")
+        _require(self.max_new_tokens >= 1, "rollout.max_new_tokens", self.max_new_tokens, "a positive integer")
+        _require(self.generation_batch_size >= 1, "rollout.generation_batch_size", self.generation_batch_size, "a positive integer")
+
+
+@dataclass
+class TrainConfig:
+    prompts_per_step: int = 128
+    """Prompts per optimizer step (the batch is prompts_per_step x group_size responses)."""
+    steps: int = 0
+    """Optimizer steps to run. 0: as many as `epochs` passes over the data give (rounded down, at least 1)."""
+    epochs: float = 1.0
+    """Passes over the training prompts when `steps` is 0."""
+    lr: float = 3e-6
+    """Peak AdamW learning rate."""
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warmup (to 0 at the last step for cosine and linear)."""
+    warmup_ratio: float = 0.1
+    """Fraction of the steps with a linear warmup from 0."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW (beta1, beta2)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm."""
+    clip_eps: float = 0.2
+    """PPO ratio clip: the surrogate uses clip(ratio, 1 - clip_eps, 1 + clip_eps)."""
+    kl_coef: float = 0.005
+    """beta: weight of the k3 KL(pi || pi_ref) penalty in the loss. 0 skips the reference model entirely."""
+    advantage_eps: float = 1e-6
+    """eps in (r - mean_group) / (std_group + eps)."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward of the update (gradient accumulation over the step's batch)."""
+    score_batch_size: int = 16
+    """Sequences per no-grad scoring forward (old log-probs, self-certainty, reference log-probs)."""
+    chunk_tokens: int = 2048
+    """Tokens per chunk of the vocabulary projection (bounds the float32 logits held at once)."""
+    seed: int = 0
+    """Seeds data order and sampling; each step derives its own seed, so a resumed run repeats the same trajectory."""
+
+    def validate(self) -> None:
+        for name in ("prompts_per_step", "micro_batch_size", "score_batch_size", "chunk_tokens"):
+            _require(getattr(self, name) >= 1, f"train.{name}", getattr(self, name), "a positive integer")
+        _require(self.steps >= 0, "train.steps", self.steps, "0 (use epochs) or a positive integer")
+        _require(self.epochs > 0, "train.epochs", self.epochs, "a positive number")
+        _require(self.lr > 0, "train.lr", self.lr, "a positive number")
+        _require(0 <= self.warmup_ratio < 1, "train.warmup_ratio", self.warmup_ratio, "a number in [0, 1)")
+        _require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "a non-negative number")
+        betas_ok = len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas)
+        _require(betas_ok, "train.adam_betas", self.adam_betas, "two numbers in [0, 1)")
+        _require(self.max_grad_norm > 0, "train.max_grad_norm", self.max_grad_norm, "a positive number")
+        _require(0 < self.clip_eps < 1, "train.clip_eps", self.clip_eps, "a number in (0, 1)")
+        _require(self.kl_coef >= 0, "train.kl_coef", self.kl_coef, "a non-negative number")
+        _require(self.advantage_eps > 0, "train.advantage_eps", self.advantage_eps, "a positive number")
+
+
+@dataclass
+class RewardConfig:
+    name: str = "self_certainty"
+    """Reward function: a registered name (`rlif rewards` lists them) or `package.module:function` of your own."""
+
+    def validate(self) -> None:
+        from rlif.rewards import resolve_reward
+
+        try:
+            resolve_reward(self.name)
+        except (KeyError, ImportError, AttributeError) as error:
+            raise ConfigError(f"config field reward.name = {self.name!r}: {error.args[0] if error.args else error}") from None
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/intuitor"
+    """Run directory: resolved config, metrics.jsonl, samples, checkpoints, plots."""
+    resume: bool = False
+    """Continue from the latest complete checkpoint in output_dir (the config must match the saved one)."""
+    overwrite: bool = False
+    """Allow starting a fresh run in a non-empty output_dir (its old files are deleted)."""
+    save_every: int = 50
+    """Checkpoint every this many steps (and always at the last step)."""
+    keep_checkpoints: int = 2
+    """Most recent checkpoints kept on disk (older ones are deleted after a newer one is complete)."""
+    sample_every: int = 10
+    """Write sample completions to samples.jsonl every this many steps (and at step 1)."""
+    num_samples: int = 4
+    """Completions written each time samples are dumped."""
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"
+    """Extra experiment tracker through accelerate (metrics.jsonl is always written)."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def validate(self) -> None:
+        for name in ("save_every", "keep_checkpoints", "sample_every"):
+            _require(getattr(self, name) >= 1, f"run.{name}", getattr(self, name), "a positive integer")
+        _require(self.num_samples >= 0, "run.num_samples", self.num_samples, "a non-negative integer")
+        _require(bool(self.output_dir), "run.output_dir", self.output_dir, "a folder path")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The policy model."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training prompts and how they are rendered."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Sampling of responses."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """The GRPO update."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """What is optimized."""
+    run: RunConfig = field(default_factory=RunConfig)
+    """Where results go, checkpointing and logging."""
+
+    def validate(self) -> "Config":
+        for section in dataclasses.fields(self):
+            getattr(self, section.name).validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"config field {name} = {value!r}: expected {allowed}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Config from a YAML file (optional) plus `section.field=value` overrides, validated."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(raw).__name__}")
+    return config_from_dict(raw, overrides, source=str(path) if path else "config")
+
+
+def config_from_dict(raw: dict[str, Any], overrides=(), source: str = "config") -> Config:
+    values: dict[str, dict[str, Any]] = {}
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    for section_name, section_values in raw.items():
+        _check_known(section_name, sections, source)
+        if not isinstance(section_values, dict):
+            raise ConfigError(f"{source}: section {section_name!r} must be a mapping, got {section_values!r}")
+        values.setdefault(section_name, {}).update(section_values)
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        section_name, dot, field_name = key.strip().partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"override {override!r}: expected section.field=value, e.g. train.lr=1e-5")
+        _check_known(section_name, sections, "override")
+        values.setdefault(section_name, {})[field_name] = _OverrideText(text)
+    config = Config()
+    for section_name, section_values in values.items():
+        section_cls = type(getattr(config, section_name))
+        setattr(config, section_name, _build_section(section_cls, section_name, section_values))
+    return config.validate()
+
+
+class _OverrideText(str):
+    """A value typed on the command line: parsed according to the field's type."""
+
+
+def _check_known(name: str, known: dict, where: str, prefix: str = "") -> None:
+    if name not in known:
+        close = difflib.get_close_matches(name, list(known), n=1)
+        hint = f"; did you mean {prefix + close[0]!r}?" if close else f"; known: {', '.join(prefix + k for k in known)}"
+        raise ConfigError(f"{where}: unknown config key {prefix + name!r}{hint}")
+
+
+def _build_section(cls: type, section_name: str, values: dict[str, Any]):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in values.items():
+        _check_known(name, fields, "config", prefix=f"{section_name}.")
+        kwargs[name] = _coerce(value, hints[name], f"{section_name}.{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, annotation: Any, name: str) -> Any:
+    """Convert a YAML or command-line value to the field's declared type, or raise ConfigError."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if isinstance(value, _OverrideText) and annotation is not str and not (origin in (typing.Union, types.UnionType) and str in args):
+        try:
+            value = yaml.safe_load(str(value))
+        except yaml.YAMLError:
+            value = str(value)
+    if origin in (typing.Union, types.UnionType):
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("null", "none"))):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], name)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"config field {name} = {value!r}: expected one of {', '.join(map(repr, args))}")
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"config field {name} = {value!r}: expected true or false")
+    if annotation is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit())):
+            raise ConfigError(f"config field {name} = {value!r}: expected an integer")
+        return int(value)
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"config field {name} = {value!r}: expected a number")
+        try:
+            return float(value)  # YAML 1.1 reads 3e-6 as a string; float() accepts it
+        except (TypeError, ValueError):
+            raise ConfigError(f"config field {name} = {value!r}: expected a number") from None
+    if annotation is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"config field {name} = {value!r}: expected a string")
+        return str(value)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config field {name} = {value!r}: expected a list")
+        return [_coerce(item, args[0], f"{name}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config field {name} = {value!r}: expected a mapping")
+        return {_coerce(k, args[0], name): _coerce(v, args[1], f"{name}.{k}") for k, v in value.items()}
+    raise TypeError(f"unsupported config type {annotation} for {name}")
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# Documentation
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass, by field name."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, following in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(following.value.value).split())
+    return docs
+
+
+def config_reference() -> str:
+    """Markdown table of every config field: name, type, default, meaning."""
+    lines = ["| field | type | default | meaning |", "|---|---|---|---|"]
+    defaults = Config()
+    for section in dataclasses.fields(Config):
+        cls = type(getattr(defaults, section.name))
+        docs = field_docs(cls)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kind = _type_name(hints[f.name])
+            default = getattr(getattr(defaults, section.name), f.name)
+            lines.append(f"| `{section.name}.{f.name}` | {kind} | `{default!r}` | {docs.get(f.name, '')} |".replace("\\\\", "\\"))
+    return "\n".join(lines)
+
+
+def _type_name(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return " \\| ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args).replace("NoneType", "null")
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    return getattr(annotation, "__name__", str(annotation))

@@ -1,0 +1,57 @@
+"""Training-curve plots from a run's metrics.jsonl (PNG, matplotlib's headless backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlif.runlog import read_jsonl
+
+TRAINING_PANELS = [
+    ("reward/mean", "reward (mean)"),
+    ("rollout/accuracy", "sampled accuracy"),
+    ("signals/self_certainty", "self-certainty"),
+    ("signals/entropy", "entropy"),
+    ("signals/kl_ref", "KL to reference"),
+    ("rollout/len_mean", "response length"),
+    ("loss/clip_frac", "clip fraction"),
+    ("optim/grad_norm", "grad norm"),
+]
+
+
+def plot_metrics(records: list[dict], panels: list[tuple[str, str]], path: Path, title: str = "") -> Path | None:
+    """One small panel per metric present in `records` (x = step); returns the PNG path or None."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    present = [(key, label) for key, label in panels if any(isinstance(r.get(key), (int, float)) for r in records)]
+    if not present:
+        return None
+    columns = min(4, len(present))
+    rows = (len(present) + columns - 1) // columns
+    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.8 * rows), squeeze=False)
+    for axis, (key, label) in zip(axes.flat, present):
+        points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        axis.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 40 else None)
+        axis.set_title(label, fontsize=10)
+        axis.set_xlabel("step", fontsize=8)
+        axis.tick_params(labelsize=8)
+        axis.grid(alpha=0.3)
+    for axis in list(axes.flat)[len(present) :]:
+        axis.set_visible(False)
+    if title:
+        figure.suptitle(title, fontsize=11)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """Write RUN/plots/training.png from RUN/metrics.jsonl; returns the files written."""
+    run_dir = Path(run_dir)
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    written = plot_metrics(records, TRAINING_PANELS, run_dir / "plots" / "training.png", title=run_dir.name)
+    return [written] if written else []

@@ -1,0 +1,398 @@
+"""The INTUITOR / GRPO training loop.
+
+One step, top to bottom:
+    sample prompts -> G responses each (HF generate) -> score (one no-grad pass: old log-probs,
+    self-certainty, entropy; a second for reference log-probs) -> reward -> group-normalized
+    advantages -> PPO-clip loss + beta * k3 KL, token mean -> AdamW step (grad clip, schedule).
+The method is the reward: `reward.name: self_certainty` is INTUITOR, `correctness` is GRPO.
+
+Departures from the paper, and the choices it leaves open:
+- Log-probs for the PPO ratio and the KL use the sampling temperature (the behaviour policy);
+  self-certainty and entropy use temperature 1 (the paper's definition, the same numbers
+  `rlif score` gives).
+- Advantage std is unbiased with eps 1e-6 (verl); the loss is a token mean over the whole step's
+  batch (across micro-batches and processes), exactly as if it were one batch.
+- Dropout is disabled: the update scores tokens with the same function that sampled them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from rlif.checkpoint import (
+    STATE_FILE,
+    latest_checkpoint,
+    remove_incomplete,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    truncate_jsonl,
+)
+from rlif.config import Config, ConfigError, save_config
+from rlif.data import DataError, PromptRecord, load_prompts, render_prompt
+from rlif.grpo import group_advantages, k3_kl, policy_loss
+from rlif.models import eos_token_ids, load_model, load_tokenizer
+from rlif.rewards import compute_reward, resolve_reward
+from rlif.answers import is_correct
+from rlif.rollout import Rollout, generate_rollout, seed_for
+from rlif.runlog import RunLogger
+from rlif.scoring import SignalModel, score_in_batches, trim_padding
+from rlif.signals import masked_mean
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss, reward or gradient became NaN/inf; the run stopped before the bad update."""
+
+
+# Config fields that may differ between a run and its resumption.
+_RESUMABLE_DIFFERENCES = {"run.resume", "run.overwrite", "run.progress", "run.report_to"}
+
+
+@dataclass
+class TrainingPrompts:
+    records: list[PromptRecord]  # prompts that fit max_prompt_tokens
+    rendered: list[str]  # the exact text the model is conditioned on, per record
+    dropped: int  # prompts longer than max_prompt_tokens
+
+
+def prepare_prompts(config: Config, tokenizer) -> TrainingPrompts:
+    records = load_prompts(config.data.path, config.data.prompt_field, config.data.label_field)
+    kept, rendered = [], []
+    for record in records:
+        text = render_prompt(
+            tokenizer,
+            record.prompt,
+            prompt_template=config.data.prompt_template,
+            system_prompt=config.data.system_prompt,
+            chat_template=config.data.chat_template,
+        )
+        if len(tokenizer(text, add_special_tokens=False).input_ids) <= config.data.max_prompt_tokens:
+            kept.append(record)
+            rendered.append(text)
+    if not kept:
+        raise DataError(f"{config.data.path}: every prompt is longer than data.max_prompt_tokens={config.data.max_prompt_tokens}")
+    return TrainingPrompts(kept, rendered, len(records) - len(kept))
+
+
+def total_steps(config: Config, num_prompts: int) -> int:
+    if config.train.steps:
+        return config.train.steps
+    steps = int(config.train.epochs * num_prompts // config.train.prompts_per_step)
+    if steps < 1:
+        raise ConfigError(
+            f"config field train.prompts_per_step = {config.train.prompts_per_step}: the data has only {num_prompts} "
+            f"prompts, so {config.train.epochs} epoch(s) make no full step; lower it or set train.steps"
+        )
+    return steps
+
+
+def step_prompt_indices(step: int, prompts_per_step: int, num_prompts: int, seed: int) -> list[int]:
+    """Global prompt indices of `step` (1-based): consecutive slices of per-epoch permutations."""
+    indices = []
+    for position in range((step - 1) * prompts_per_step, step * prompts_per_step):
+        epoch, offset = divmod(position, num_prompts)
+        generator = torch.Generator().manual_seed(seed_for(seed, epoch))
+        indices.append(int(torch.randperm(num_prompts, generator=generator)[offset]))
+    return indices
+
+
+def prepare_run_dir(config: Config, accelerator) -> Path:
+    run_dir = Path(config.run.output_dir)
+    saved = run_dir / "config.yaml"
+    if config.run.resume:
+        if not saved.exists():
+            raise ConfigError(f"config field run.resume = True: {run_dir} holds no run (no config.yaml) to resume")
+        differences = _config_differences(yaml.safe_load(saved.read_text()), config.to_dict())
+        differences = [d for d in differences if d.split(" ")[0] not in _RESUMABLE_DIFFERENCES]
+        if differences:
+            raise ConfigError(f"cannot resume {run_dir}: the config differs from the saved one: " + "; ".join(differences))
+        return run_dir
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not config.run.overwrite:
+            raise ConfigError(
+                f"config field run.output_dir = {str(run_dir)!r}: the folder is not empty; "
+                "pass run.resume=true to continue that run or run.overwrite=true to start over"
+            )
+        if accelerator.is_main_process:
+            shutil.rmtree(run_dir)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, saved)
+    accelerator.wait_for_everyone()
+    return run_dir
+
+
+def _config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    differences = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            differences += _config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            differences.append(f"{prefix}{key} (saved {a!r}, now {b!r})")
+    return differences
+
+
+def build_accelerator(config: Config):
+    from accelerate import Accelerator
+
+    mixed_precision = config.model.mixed_precision
+    if mixed_precision == "auto":
+        mixed_precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    log_with = None if config.run.report_to == "none" else config.run.report_to
+    return Accelerator(mixed_precision=mixed_precision, log_with=log_with, project_dir=config.run.output_dir)
+
+
+def train(config: Config) -> Path:
+    """Run (or resume) training as configured; returns the run directory."""
+    # ---- set-up: everything that can fail cheaply fails before a model is loaded --------------
+    accelerator = build_accelerator(config)
+    cfg_train, cfg_rollout = config.train, config.rollout
+    if cfg_train.prompts_per_step % accelerator.num_processes:
+        raise ConfigError(
+            f"config field train.prompts_per_step = {cfg_train.prompts_per_step}: must be divisible by the "
+            f"{accelerator.num_processes} processes (each samples whole groups)"
+        )
+    reward = resolve_reward(config.reward.name)
+    if reward.uses_labels and config.data.label_field is None:
+        raise ConfigError(f"config field reward.name = {reward.name!r} needs labels, but data.label_field is null")
+    tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
+    prompts = prepare_prompts(config, tokenizer)
+    num_steps = total_steps(config, len(prompts.records))
+    run_dir = prepare_run_dir(config, accelerator)
+
+    resume_from = latest_checkpoint(run_dir) if config.run.resume else None
+    start_step = resume_from[0] if resume_from else 0
+    if start_step >= num_steps:
+        accelerator.print(f"{run_dir} is already complete ({start_step}/{num_steps} steps)")
+        return run_dir
+    policy = load_model(str(resume_from[1]) if resume_from else config.model.path, config.model.dtype, config.model.trust_remote_code)
+    if config.model.gradient_checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ref_model = None
+    if cfg_train.kl_coef > 0:
+        ref_model = load_model(config.model.path, config.model.dtype, config.model.trust_remote_code).requires_grad_(False)
+        ref_model = SignalModel(ref_model, cfg_train.chunk_tokens).to(accelerator.device).eval()
+    signal_model = SignalModel(policy, cfg_train.chunk_tokens)
+    optimizer = torch.optim.AdamW(
+        policy.parameters(), lr=cfg_train.lr, betas=tuple(cfg_train.adam_betas), weight_decay=cfg_train.weight_decay
+    )
+    from transformers import get_scheduler
+
+    scheduler = get_scheduler(
+        cfg_train.lr_schedule, optimizer, num_warmup_steps=int(cfg_train.warmup_ratio * num_steps), num_training_steps=num_steps
+    )
+    if resume_from:
+        state = torch.load(resume_from[1] / STATE_FILE, weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if accelerator.num_processes == len(state["rng"]):
+            set_rng_state(state["rng"][accelerator.process_index])
+        if accelerator.is_main_process:
+            truncate_jsonl(run_dir / "metrics.jsonl", start_step)
+            truncate_jsonl(run_dir / "samples.jsonl", start_step)
+            remove_incomplete(run_dir)
+    signal_model, optimizer = accelerator.prepare(signal_model, optimizer)
+    eos_ids = eos_token_ids(tokenizer, policy)
+    if config.run.report_to != "none":
+        accelerator.init_trackers("rlif", config=config.to_dict())
+    logger = RunLogger(run_dir, accelerator, num_steps, start_step, config.run.progress, config.run.report_to)
+    if prompts.dropped:
+        logger.write(f"dropped {prompts.dropped} prompts longer than data.max_prompt_tokens={config.data.max_prompt_tokens}")
+    local_prompts = cfg_train.prompts_per_step // accelerator.num_processes
+    has_labels = config.data.label_field is not None
+
+    for step in range(start_step + 1, num_steps + 1):
+        step_start = time.perf_counter()
+        # ---- 1. prompts: this process's share of the step's batch ---------------------------
+        indices = step_prompt_indices(step, cfg_train.prompts_per_step, len(prompts.records), cfg_train.seed)
+        indices = indices[accelerator.process_index * local_prompts : (accelerator.process_index + 1) * local_prompts]
+        batch = [prompts.records[i] for i in indices]
+
+        # ---- 2. rollouts: G responses per prompt from the current policy ---------------------
+        with accelerator.autocast():
+            rollout = generate_rollout(
+                accelerator.unwrap_model(signal_model).model,
+                tokenizer,
+                [record.prompt for record in batch],
+                [prompts.rendered[i] for i in indices],
+                group_size=cfg_rollout.group_size,
+                temperature=cfg_rollout.temperature,
+                top_p=cfg_rollout.top_p,
+                max_new_tokens=cfg_rollout.max_new_tokens,
+                batch_size=cfg_rollout.generation_batch_size,
+                seed=seed_for(cfg_train.seed, step, accelerator.process_index),
+                eos_ids=eos_ids,
+                labels=[record.label for record in batch],
+            )
+        generate_end = time.perf_counter()
+
+        # ---- 3. score: pi_old log-probs + self-certainty + entropy in one no-grad pass --------
+        score_args = dict(batch_size=cfg_train.score_batch_size, temperature=cfg_rollout.temperature)
+        tensors = rollout.select(slice(None))
+        signal_model.eval()
+        rollout.signals = score_in_batches(signal_model, **tensors, **score_args)
+        if ref_model is not None:
+            with accelerator.autocast():
+                rollout.ref_logprobs = score_in_batches(ref_model, **tensors, **score_args).logprobs
+        score_end = time.perf_counter()
+
+        # ---- 4. reward -> group-normalized advantages ------------------------------------------
+        rewards = compute_reward(reward, rollout)  # (N,)
+        if not torch.isfinite(rewards).all():
+            raise TrainingDiverged(_diverged(step, f"reward {reward.name!r} returned non-finite values", run_dir))
+        advantages = group_advantages(rewards, cfg_rollout.group_size, cfg_train.advantage_eps)  # (N,)
+
+        # ---- 5. update: PPO-clip + beta * KL, token mean over the whole step -------------------
+        signal_model.train()
+        total_tokens = accelerator.reduce(rollout.response_mask.sum().to(accelerator.device), "sum").item()
+        sums = torch.zeros(4)  # policy loss, kl, clipped tokens, tokens
+        num_rows = rollout.response_ids.shape[0]
+        micro_batches = list(range(0, num_rows, cfg_train.micro_batch_size))
+        for i, start in enumerate(micro_batches):
+            rows = slice(start, start + cfg_train.micro_batch_size)
+            mb = trim_padding(*rollout.select(rows).values())
+            width = mb[2].shape[1]
+            with _maybe_no_sync(accelerator, signal_model, last=i == len(micro_batches) - 1):
+                signals = signal_model(*(t.to(accelerator.device) for t in mb), temperature=cfg_rollout.temperature)
+                terms = policy_loss(
+                    signals.logprobs,
+                    rollout.signals.logprobs[rows, :width].to(accelerator.device),
+                    advantages[rows].to(accelerator.device),
+                    mb[3].to(accelerator.device),
+                    clip_eps=cfg_train.clip_eps,
+                    kl_coef=cfg_train.kl_coef,
+                    ref_logprobs=None if ref_model is None else rollout.ref_logprobs[rows, :width].to(accelerator.device),
+                    total_tokens=total_tokens,
+                )
+                if not torch.isfinite(terms.loss):
+                    raise TrainingDiverged(_diverged(step, f"the loss is {terms.loss.item()}", run_dir))
+                accelerator.backward(terms.loss)
+            sums += torch.stack([terms.policy_loss, terms.kl, terms.clipped, terms.num_tokens]).detach().float().cpu()
+        grad_norm = accelerator.clip_grad_norm_(signal_model.parameters(), cfg_train.max_grad_norm)
+        if not torch.isfinite(torch.as_tensor(grad_norm)):
+            raise TrainingDiverged(_diverged(step, f"the gradient norm is {float(grad_norm)}", run_dir))
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step_end = time.perf_counter()
+
+        # ---- 6. metrics, samples, checkpoint ----------------------------------------------------
+        sums = accelerator.reduce(sums.to(accelerator.device), "sum").cpu()
+        metrics = rollout_metrics(accelerator, rollout, rewards, has_labels)
+        num_completion_tokens = metrics.pop("rollout/tokens")
+        metrics.update(
+            {
+                "loss/policy": (sums[0] / sums[3]).item(),
+                "loss/kl": (sums[1] / sums[3]).item() if ref_model is not None else 0.0,
+                "loss/clip_frac": (sums[2] / sums[3]).item(),
+                "optim/grad_norm": float(grad_norm),
+                "optim/lr": lr,
+                "time/step_s": step_end - step_start,
+                "time/generate_s": generate_end - step_start,
+                "time/score_s": score_end - generate_end,
+                "time/update_s": step_end - score_end,
+                "time/tokens_per_s": num_completion_tokens / (step_end - step_start),
+            }
+        )
+        logger.log(step, metrics)
+        if step == 1 or step % config.run.sample_every == 0:
+            logger.samples(step, sample_records(rollout, rewards, config.run.num_samples, has_labels))
+        if step % config.run.save_every == 0 or step == num_steps:
+            _save(accelerator, signal_model, tokenizer, optimizer, scheduler, run_dir, step, config.run.keep_checkpoints)
+
+    logger.close()
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        from rlif.plots import plot_run
+
+        plot_run(run_dir)
+    return run_dir
+
+
+def rollout_metrics(accelerator, rollout: Rollout, rewards: torch.Tensor, has_labels: bool) -> dict[str, float]:
+    """Per-response statistics gathered over processes."""
+    mask = rollout.response_mask
+    per_response = {
+        "reward": rewards,
+        "self_certainty": masked_mean(rollout.signals.self_certainty, mask),
+        "entropy": masked_mean(rollout.signals.entropy, mask),
+        "logprob": masked_mean(rollout.signals.logprobs, mask),
+        "length": rollout.response_lengths.float(),
+        "truncated": rollout.truncated.float(),
+    }
+    if rollout.ref_logprobs is not None:
+        per_response["kl"] = masked_mean(k3_kl(rollout.signals.logprobs, rollout.ref_logprobs), mask)
+    if has_labels:
+        per_response["correct"] = torch.tensor([float(is_correct(c, l)) for c, l in zip(rollout.completions, rollout.labels)])
+    gathered = {k: accelerator.gather(v.float().to(accelerator.device)).cpu() for k, v in per_response.items()}
+    metrics = {
+        "reward/mean": gathered["reward"].mean().item(),
+        "reward/std": gathered["reward"].std().item(),
+        "signals/self_certainty": gathered["self_certainty"].mean().item(),
+        "signals/entropy": gathered["entropy"].mean().item(),
+        "signals/logprob": gathered["logprob"].mean().item(),
+        "rollout/len_mean": gathered["length"].mean().item(),
+        "rollout/len_max": gathered["length"].max().item(),
+        "rollout/truncated": gathered["truncated"].mean().item(),
+        "rollout/tokens": gathered["length"].sum().item(),
+    }
+    if "kl" in gathered:
+        metrics["signals/kl_ref"] = gathered["kl"].mean().item()
+    if has_labels:
+        metrics["rollout/accuracy"] = gathered["correct"].mean().item()
+    return metrics
+
+
+def sample_records(rollout: Rollout, rewards: torch.Tensor, count: int, has_labels: bool) -> list[dict]:
+    """The first response of the first `count` groups, for people to read."""
+    records = []
+    for row in range(0, min(count * rollout.group_size, len(rollout.completions)), rollout.group_size):
+        mask = rollout.response_mask[row]
+        record = {
+            "prompt": rollout.prompts[row],
+            "completion": rollout.completions[row],
+            "reward": rewards[row].item(),
+            "self_certainty": masked_mean(rollout.signals.self_certainty[row], mask).item(),
+            "length": int(mask.sum()),
+            "truncated": bool(rollout.truncated[row]),
+        }
+        if has_labels:
+            record["label"] = rollout.labels[row]
+            record["correct"] = is_correct(rollout.completions[row], rollout.labels[row])
+        records.append(record)
+    return records
+
+
+def _save(accelerator, signal_model, tokenizer, optimizer, scheduler, run_dir: Path, step: int, keep: int) -> None:
+    from accelerate.utils import gather_object
+
+    rng = gather_object([rng_state()])  # one entry per process
+    if accelerator.is_main_process:
+        state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng}
+        model = accelerator.unwrap_model(signal_model).model
+        save_checkpoint(run_dir, step, model, tokenizer, state, keep)
+    accelerator.wait_for_everyone()
+
+
+def _maybe_no_sync(accelerator, model, last: bool):
+    """Skip the gradient all-reduce on all but the last micro-batch of a step."""
+    return contextlib.nullcontext() if last else accelerator.no_sync(model)
+
+
+def _diverged(step: int, what: str, run_dir: Path) -> str:
+    latest = latest_checkpoint(run_dir)
+    kept = f"the last good checkpoint is {latest[1]}" if latest else "no checkpoint was written yet"
+    return (
+        f"step {step}: {what}; training stopped before applying this update ({kept}). "
+        "Lower train.lr or raise train.kl_coef, then resume with run.resume=true or start a new run."
+    )

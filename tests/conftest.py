@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny character-level tokenizer and tiny random Llama/Qwen2 models on disk."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from rlif.tiny import char_tokenizer, save_tiny_model, tiny_causal_lm
+
+ALPHABET = "0123456789+= \n"
+
+
+@pytest.fixture(autouse=True)
+def _quiet_transformers():
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    yield
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return char_tokenizer(ALPHABET)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", ALPHABET, hidden_size=32, num_layers=2)
+
+
+@pytest.fixture(scope="session")
+def peaky_model_dir(tmp_path_factory, tokenizer):
+    """A Qwen2 model with an untied, scaled-up lm_head: next-token distributions are very peaked."""
+    model = tiny_causal_lm(len(tokenizer), architecture="qwen2", hidden_size=32, tie_embeddings=False, seed=1)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(400.0)
+    folder = tmp_path_factory.mktemp("peaky") / "model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_addition_data(path, n=64, seed=0):
+    rng = random.Random(seed)
+    with open(path, "w") as file:
+        for _ in range(n):
+            a, b = rng.randint(0, 99), rng.randint(0, 99)
+            file.write(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n")
+    return path
+
+
+@pytest.fixture
+def addition_data(tmp_path):
+    return write_addition_data(tmp_path / "data.jsonl")

@@ -1,0 +1,187 @@
+"""End-to-end training on a tiny model: learning signal, resume equality, kills, NaN, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from rlif.checkpoint import latest_checkpoint
+from rlif.cli import main
+from rlif.config import load_config
+from rlif.runlog import read_jsonl
+from rlif.train import TrainingDiverged, train
+
+HELPERS = '''
+import os, time
+import torch
+from rlif.rewards import self_certainty_reward
+
+def slow_self_certainty(rollout):
+    time.sleep(float(os.environ.get("RLIF_TEST_SLEEP", "0")))
+    return self_certainty_reward(rollout)
+
+CALLS = {"n": 0}
+
+def nan_at_third_call(rollout):
+    CALLS["n"] += 1
+    values = self_certainty_reward(rollout)
+    return values * float("nan") if CALLS["n"] == 3 else values
+'''
+
+
+@pytest.fixture
+def helpers(tmp_path, monkeypatch):
+    (tmp_path / "train_helpers.py").write_text(HELPERS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("train_helpers", None)
+    return tmp_path
+
+
+def tiny_config(tmp_path, model_dir, data_path, name="run", **sections):
+    raw = {
+        "model": {"path": str(model_dir)},
+        "data": {"path": str(data_path), "system_prompt": None},
+        "rollout": {"group_size": 4, "max_new_tokens": 12, "temperature": 1.0, "generation_batch_size": 16},
+        "train": {"prompts_per_step": 4, "steps": 6, "lr": 3e-3, "micro_batch_size": 6, "score_batch_size": 5},
+        "run": {"output_dir": str(tmp_path / name), "save_every": 2, "progress": False, "sample_every": 3},
+    }
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def comparable(records):
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
+
+
+def test_intuitor_run_end_to_end(tmp_path, tiny_model_dir, addition_data):
+    config_path = tiny_config(tmp_path, tiny_model_dir, addition_data, train={"steps": 8})
+    assert main(["train", str(config_path)]) == 0
+    run = tmp_path / "run"
+    metrics = read_jsonl(run / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == list(range(1, 9))
+    for key in ("reward/mean", "reward/std", "signals/self_certainty", "signals/entropy", "signals/kl_ref", "loss/kl",
+                "loss/clip_frac", "optim/grad_norm", "rollout/len_mean", "rollout/len_max", "rollout/truncated",
+                "rollout/accuracy", "time/step_s", "time/tokens_per_s"):
+        assert all(key in m for m in metrics), key
+    # INTUITOR's reward is the policy's own self-certainty: it must go up.
+    sc = [m["signals/self_certainty"] for m in metrics]
+    assert sum(sc[-2:]) / 2 > 1.5 * sum(sc[:2]) / 2, sc
+    assert metrics[0]["signals/kl_ref"] == pytest.approx(0.0, abs=1e-6) and metrics[-1]["signals/kl_ref"] > 1e-3
+    # Weights changed, and the checkpoint is a normal Hugging Face folder.
+    step, checkpoint = latest_checkpoint(run)
+    assert step == 8
+    before, after = load_file(Path(tiny_model_dir) / "model.safetensors"), load_file(checkpoint / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoModelForCausalLM.from_pretrained(checkpoint), AutoTokenizer.from_pretrained(checkpoint)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000006", "step_000008"]  # keep 2
+    samples = read_jsonl(run / "samples.jsonl")
+    assert {s["step"] for s in samples} == {1, 3, 6} and all("completion" in s and "label" in s for s in samples)
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["steps"] == 8
+    assert (run / "plots" / "training.png").stat().st_size > 1000
+
+
+def test_resume_after_kill_repeats_the_uninterrupted_run(tmp_path, tiny_model_dir, addition_data, helpers):
+    reward = {"name": "train_helpers:slow_self_certainty"}
+    straight = tiny_config(tmp_path, tiny_model_dir, addition_data, name="straight", reward=reward)
+    train(load_config(straight))
+    expected = comparable(read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
+
+    killed = tiny_config(tmp_path, tiny_model_dir, addition_data, name="killed", reward=reward)
+    env = {**os.environ, "RLIF_TEST_SLEEP": "0.4", "PYTHONPATH": os.pathsep.join([str(helpers), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, "-m", "rlif.cli", "train", str(killed)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics_file = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if metrics_file.exists() and len(read_jsonl(metrics_file)) >= 3:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # after step 3 was logged: step 2 is the last checkpoint
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
+    assert latest_checkpoint(tmp_path / "killed")[0] == 2
+    assert len(read_jsonl(metrics_file)) >= 3  # steps after the checkpoint were logged, then lost
+
+    assert main(["train", str(killed), "run.resume=true"]) == 0
+    assert comparable(read_jsonl(metrics_file)) == expected
+
+
+def test_kill_during_checkpoint_save_keeps_the_previous_one(tmp_path, tiny_model_dir, addition_data, monkeypatch):
+    config_path = tiny_config(tmp_path, tiny_model_dir, addition_data)
+    train(load_config(config_path))
+    expected = comparable(read_jsonl(tmp_path / "run" / "metrics.jsonl"))
+
+    import rlif.checkpoint
+
+    real_save = torch.save
+
+    def save_then_die(obj, path, *args, **kwargs):
+        real_save(obj, path, *args, **kwargs)
+        if "step_000004" in str(path):
+            raise KeyboardInterrupt("killed while saving step 4")
+
+    config_path = tiny_config(tmp_path, tiny_model_dir, addition_data, name="crashed")
+    monkeypatch.setattr(rlif.checkpoint.torch, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(config_path))
+    monkeypatch.setattr(rlif.checkpoint.torch, "save", real_save)
+    run = tmp_path / "crashed"
+    assert latest_checkpoint(run)[0] == 2  # the half-written step 4 is not a checkpoint
+    assert (run / "checkpoints" / ".incomplete-step_000004").exists()
+    train(load_config(config_path, ["run.resume=true"]))
+    assert comparable(read_jsonl(run / "metrics.jsonl")) == expected
+    assert not (run / "checkpoints" / ".incomplete-step_000004").exists()
+
+
+def test_nan_reward_stops_with_a_clear_message(tmp_path, tiny_model_dir, addition_data, helpers):
+    config_path = tiny_config(tmp_path, tiny_model_dir, addition_data, reward={"name": "train_helpers:nan_at_third_call"})
+    with pytest.raises(TrainingDiverged) as error:
+        train(load_config(config_path))
+    message = str(error.value)
+    assert "step 3: reward 'train_helpers:nan_at_third_call' returned non-finite values" in message
+    assert "step_000002" in message
+    run = tmp_path / "run"
+    assert latest_checkpoint(run)[0] == 2 and len(read_jsonl(run / "metrics.jsonl")) == 2
+
+
+def test_bad_config_and_bad_data_fail_before_any_work(tmp_path, tiny_model_dir, addition_data, capsys):
+    config_path = tiny_config(tmp_path, tiny_model_dir, addition_data)
+    assert main(["train", str(config_path), "train.clip_eps=2"]) == 2
+    assert "config field train.clip_eps = 2.0: expected a number in (0, 1)" in capsys.readouterr().err
+
+    bad_data = tmp_path / "bad.jsonl"
+    bad_data.write_text('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2=", "answer": "4"\n')
+    assert main(["train", str(config_path), f"data.path={bad_data}"]) == 2
+    assert f"{bad_data}:2: invalid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+    assert main(["train", str(config_path), "model.path=/nonexistent/model"]) == 2
+    assert "could not load a tokenizer from '/nonexistent/model'" in capsys.readouterr().err
+
+    assert main(["train", str(config_path), "reward.name=correctness", "data.label_field=null"]) == 2
+    assert "needs labels, but data.label_field is null" in capsys.readouterr().err
+
+
+def test_refuses_to_clobber_or_resume_a_different_run(tmp_path, tiny_model_dir, addition_data, capsys):
+    config_path = tiny_config(tmp_path, tiny_model_dir, addition_data, train={"steps": 2})
+    assert main(["train", str(config_path)]) == 0
+    assert main(["train", str(config_path)]) == 2
+    assert "the folder is not empty; pass run.resume=true" in capsys.readouterr().err
+    assert main(["train", str(config_path), "run.resume=true", "train.lr=1e-4"]) == 2
+    assert "train.lr (saved 0.003, now 0.0001)" in capsys.readouterr().err
+    assert main(["train", str(config_path), "run.resume=true"]) == 0  # complete already: nothing to do
+    assert main(["train", str(config_path), "run.overwrite=true", "train.steps=1"]) == 0
+    assert len(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == 1

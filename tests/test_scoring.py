@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlif.models import load_model
-from rlif.rollout import response_mask_from_ids
+from rlif.rollout import generate_rollout
 from rlif.score import pad_pairs
 from rlif.scoring import SignalModel, score_in_batches
 from reference import reference_exact
@@ -64,24 +64,36 @@ def test_scoring_uses_the_predicting_position_not_the_next(tiny_model_dir):
     assert (ours - wrong).abs().max() > 1e-2
 
 
-def test_pad_equals_eos(tiny_model_dir):
-    """With PAD == EOS the mask comes from the first EOS, and that EOS is scored."""
-    eos = 2
-    generated = torch.tensor([[12, 13, eos, eos, eos], [14, eos, eos, eos, eos], [12, 12, 12, 12, 12]])
-    mask, truncated = response_mask_from_ids(generated, [eos])
-    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
-    assert truncated.tolist() == [False, False, True]
+def test_pad_equals_eos(tiny_model_dir, tokenizer):
+    """With PAD == EOS (as SmolLM2's tokenizer) masks come from lengths: the first EOS is scored, the
+    padding after it (the same id) is not."""
+    import copy as copy_module
 
+    pad_is_eos = copy_module.deepcopy(tokenizer)
+    pad_is_eos.pad_token = pad_is_eos.eos_token
+    eos = pad_is_eos.eos_token_id
     model = load_model(str(tiny_model_dir)).eval()
-    model64 = copy.deepcopy(model).double()
-    prompts = [[4, 9, 6], [4, 10, 11, 6], [4, 6]]
-    prompt_batch = pad_pairs(prompts, [[1]] * 3, pad_id=eos)[:2]
     with torch.no_grad():
-        signals = score_in_batches(SignalModel(model), *prompt_batch, generated, mask, batch_size=2)
-    for i, prompt in enumerate(prompts):
-        response = generated[i, : int(mask[i].sum())].tolist()
+        model.lm_head.weight[eos] += 2.0  # EOS likely enough that responses end at different lengths
+    prompts = ["<|user|>1+2=\n<|assistant|>", "<|user|>12+30=\n<|assistant|>"]
+    rollout = generate_rollout(model, pad_is_eos, prompts, prompts, group_size=4, temperature=1.0, top_p=1.0,
+                               max_new_tokens=8, batch_size=8, seed=3, eos_ids=[eos])
+    lengths = rollout.response_mask.sum(-1)
+    assert len(set(lengths.tolist())) > 1 and not rollout.truncated.all()
+    for i in range(8):
+        n = int(lengths[i])
+        tokens = rollout.response_ids[i].tolist()
+        assert (tokens[n - 1] == eos) != bool(rollout.truncated[i])  # a finished response ends with its EOS
+        assert eos not in tokens[: n - 1] and all(t == eos for t in tokens[n:])  # the padding is EOS too
+    model64 = copy.deepcopy(model).double()
+    with torch.no_grad():
+        signals = score_in_batches(SignalModel(model), **rollout.select(slice(None)), batch_size=3)
+    for i in range(8):
+        prompt = rollout.prompt_ids[i][rollout.prompt_mask[i].bool()].tolist()
+        response = rollout.response_ids[i, : int(lengths[i])].tolist()
         _, ref_sc, _ = reference_row(model64, prompt, response)
         torch.testing.assert_close(signals.self_certainty[i, : len(response)].double(), ref_sc, rtol=1e-4, atol=1e-5)
+        assert torch.all(signals.self_certainty[i, len(response) :] == 0)
 
 
 def test_gradient_flows_to_the_weights(tiny_model_dir):

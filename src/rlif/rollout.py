@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from rlif.sampling import sample
 from rlif.signals import TokenSignals
 
 
@@ -70,19 +71,6 @@ class Rollout:
         }
 
 
-def response_mask_from_ids(response_ids: Tensor, eos_ids: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """(mask up to and including the first EOS, truncated flag) for right-padded generated tokens.
-
-    Computed from the first EOS position, not from `token != pad`, so a tokenizer whose PAD equals
-    EOS is handled.
-    """
-    is_eos = torch.isin(response_ids, torch.tensor(list(eos_ids), device=response_ids.device))  # (N, T)
-    eos_seen_before = (is_eos.cumsum(-1) - is_eos.long()) > 0  # (N, T): an EOS strictly earlier
-    mask = (~eos_seen_before).long()  # (N, T)
-    truncated = ~is_eos.any(-1)  # (N,)
-    return mask, truncated
-
-
 def seed_for(*parts: int) -> int:
     """A 63-bit seed derived from integers (run seed, step, process, call), stable across runs."""
     seed = 0x9E3779B97F4A7C15
@@ -91,7 +79,6 @@ def seed_for(*parts: int) -> int:
     return seed
 
 
-@torch.no_grad()
 def generate_rollout(
     model,
     tokenizer,
@@ -106,57 +93,32 @@ def generate_rollout(
     seed: int,
     eos_ids: Sequence[int],
     labels: Sequence[str | None] = (),
+    prompt_keys: Sequence[int] | None = None,
     progress=None,
 ) -> Rollout:
-    """Sample `group_size` responses to each rendered prompt with HF `generate`.
+    """Sample `group_size` responses to each rendered prompt (see `rlif.sampling.sample`).
 
-    The sampler is pinned (top_k off, no repetition penalty) whatever the model's generation_config
-    says, so responses are draws from softmax(logits / temperature), the distribution the update scores.
+    `prompt_keys` name the prompts in the random stream (the training loop passes their dataset index
+    and derives `seed` from the step), so a prompt gets the same responses on any number of processes.
     """
-    from transformers import GenerationConfig
-
-    device = next(model.parameters()).device
-    generation_config = GenerationConfig(
-        do_sample=True,
+    encoded = [tokenizer(text, add_special_tokens=False).input_ids for text in rendered_prompts]
+    samples = sample(
+        model,
+        encoded,
+        num_samples=group_size,
+        max_new_tokens=max_new_tokens,
+        eos_ids=eos_ids,
         temperature=temperature,
         top_p=top_p,
-        top_k=0,
-        repetition_penalty=1.0,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=list(eos_ids),
-        pad_token_id=tokenizer.pad_token_id,
+        seed=seed,
+        prompt_keys=prompt_keys,
+        batch_size=batch_size,
+        progress=progress,
     )
-    encoded = [tokenizer(text, add_special_tokens=False).input_ids for text in rendered_prompts]
     rows = [i for i in range(len(encoded)) for _ in range(group_size)]  # group members contiguous
-    prompt_chunks, response_chunks = [], []
-    was_training = model.training
-    model.eval()
-    for call, start in enumerate(range(0, len(rows), batch_size)):
-        batch_rows = rows[start : start + batch_size]
-        batch = tokenizer.pad(
-            {"input_ids": [encoded[i] for i in batch_rows]}, padding=True, padding_side="left", return_tensors="pt"
-        )
-        torch.manual_seed(seed_for(seed, call))
-        output = model.generate(
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
-            generation_config=generation_config,
-        )
-        prompt_width = batch["input_ids"].shape[1]
-        prompt_chunks.append((batch["input_ids"], batch["attention_mask"]))
-        response_chunks.append(output[:, prompt_width:].cpu())
-        if progress is not None:
-            progress.update(len(batch_rows))
-    model.train(was_training)
-
-    prompt_ids = _left_pad_cat([ids for ids, _ in prompt_chunks], tokenizer.pad_token_id)  # (N, P)
-    prompt_mask = _left_pad_cat([mask for _, mask in prompt_chunks], 0)  # (N, P)
-    response_ids = _right_pad_cat(response_chunks, tokenizer.pad_token_id)  # (N, T)
-    response_mask, truncated = response_mask_from_ids(response_ids, eos_ids)
-    response_ids = torch.where(response_mask.bool(), response_ids, tokenizer.pad_token_id)
-    completions = [
-        tokenizer.decode(ids[: int(n)], skip_special_tokens=True) for ids, n in zip(response_ids, response_mask.sum(-1))
-    ]
+    pad = tokenizer.pad_token_id
+    prompt_ids, prompt_mask = left_pad([encoded[i] for i in rows], pad)  # (N, P)
+    response_ids, response_mask = right_pad(samples.responses, pad)  # (N, T)
     return Rollout(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask,
@@ -165,17 +127,27 @@ def generate_rollout(
         group_ids=torch.tensor(rows),
         group_size=group_size,
         prompts=[prompt_texts[i] for i in rows],
-        completions=completions,
-        truncated=truncated,
+        completions=[tokenizer.decode(tokens, skip_special_tokens=True) for tokens in samples.responses],
+        truncated=torch.tensor(samples.truncated),
         labels=[labels[i] for i in rows] if labels else [None] * len(rows),
     )
 
 
-def _left_pad_cat(chunks: list[Tensor], value: int) -> Tensor:
-    width = max(c.shape[1] for c in chunks)
-    return torch.cat([torch.nn.functional.pad(c, (width - c.shape[1], 0), value=value) for c in chunks])
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(sequences), width, dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s) :] = 1
+    return ids, mask
 
 
-def _right_pad_cat(chunks: list[Tensor], value: int) -> Tensor:
-    width = max(c.shape[1] for c in chunks)
-    return torch.cat([torch.nn.functional.pad(c, (0, width - c.shape[1]), value=value) for c in chunks])
+def right_pad(sequences: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    width = max(1, max(len(s) for s in sequences))
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(sequences), width, dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from rlif.data import DataError, read_records, render_prompt
 from rlif.models import load_model, load_tokenizer
+from rlif.rollout import left_pad, right_pad
 from rlif.runlog import append_jsonl
 from rlif.scoring import SignalModel, score_in_batches
 from rlif.signals import masked_mean
@@ -31,21 +32,8 @@ def encode_pairs(tokenizer, prompts: list[str], responses: list[str], *, chat_te
 
 
 def pad_pairs(prompt_tokens: list[list[int]], response_tokens: list[list[int]], pad_id: int):
-    num_rows = len(prompt_tokens)
-    width_p = max(len(p) for p in prompt_tokens)
-    width_r = max(1, max(len(r) for r in response_tokens))
-    prompt_ids = torch.full((num_rows, width_p), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros(num_rows, width_p, dtype=torch.long)
-    response_ids = torch.full((num_rows, width_r), pad_id, dtype=torch.long)
-    response_mask = torch.zeros(num_rows, width_r, dtype=torch.long)
-    for i, (p, r) in enumerate(zip(prompt_tokens, response_tokens)):
-        if p:
-            prompt_ids[i, width_p - len(p) :] = torch.tensor(p)
-            prompt_mask[i, width_p - len(p) :] = 1
-        if r:
-            response_ids[i, : len(r)] = torch.tensor(r)
-            response_mask[i, : len(r)] = 1
-    return prompt_ids, prompt_mask, response_ids, response_mask
+    """(prompt_ids, prompt_mask, response_ids, response_mask): prompts left-padded, responses right-padded."""
+    return (*left_pad(prompt_tokens, pad_id), *right_pad(response_tokens, pad_id))
 
 
 def score_texts(

@@ -214,7 +214,8 @@ def train(config: Config) -> Path:
         step_start = time.perf_counter()
         # ---- 1. prompts: this process's share of the step's batch ---------------------------
         indices = step_prompt_indices(step, cfg_train.prompts_per_step, len(prompts.records), cfg_train.seed)
-        indices = indices[accelerator.process_index * local_prompts : (accelerator.process_index + 1) * local_prompts]
+        positions = range(accelerator.process_index * local_prompts, (accelerator.process_index + 1) * local_prompts)
+        indices = [indices[k] for k in positions]
         batch = [prompts.records[i] for i in indices]
 
         # ---- 2. rollouts: G responses per prompt from the current policy ---------------------
@@ -229,7 +230,8 @@ def train(config: Config) -> Path:
                 top_p=cfg_rollout.top_p,
                 max_new_tokens=cfg_rollout.max_new_tokens,
                 batch_size=cfg_rollout.generation_batch_size,
-                seed=seed_for(cfg_train.seed, step, accelerator.process_index),
+                seed=seed_for(cfg_train.seed, step),
+                prompt_keys=positions,  # a prompt's place in the global batch: same samples on any process count
                 eos_ids=eos_ids,
                 labels=[record.label for record in batch],
             )

@@ -83,6 +83,7 @@ def test_label_free_rewards_cannot_see_labels(tiny_model_dir):
         # Self-certainty runs without labels; correctness declares them and sees them.
         assert compute_reward(resolve_reward("self_certainty"), rollout).shape == (6,)
         rollout.completions = ["so \\boxed{2}"] * 3 + ["4"] * 2 + ["5"]
+        rollout.answers = [rollout.answer_format.extract(text) for text in rollout.completions]
         assert compute_reward(correctness_reward, rollout).tolist() == [1, 1, 1, 1, 1, 0]
     finally:
         REWARDS.pop("peeking_test_reward")

@@ -185,3 +185,23 @@ def test_refuses_to_clobber_or_resume_a_different_run(tmp_path, tiny_model_dir, 
     assert main(["train", str(config_path), "run.resume=true"]) == 0  # complete already: nothing to do
     assert main(["train", str(config_path), "run.overwrite=true", "train.steps=1"]) == 0
     assert len(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == 1
+
+
+def test_evaluation_during_training(tmp_path, tiny_model_dir, addition_data):
+    config_path = tiny_config(tmp_path, tiny_model_dir, addition_data, train={"steps": 4},
+                              eval={"path": str(addition_data), "limit": 6, "num_samples": 2, "every": 2, "max_new_tokens": 8})
+    train(load_config(config_path))
+    run = tmp_path / "run"
+    metrics = read_jsonl(run / "metrics.jsonl")
+    evaluated = [m["step"] for m in metrics if "eval/greedy/accuracy" in m]
+    assert evaluated == [0, 2, 4]
+    assert metrics[0]["step"] == 0 and "reward/mean" not in metrics[0]
+    records = read_jsonl(run / "eval" / "step_000004.jsonl")
+    assert len(records) == 6 * 3 and sorted({r["sample"] for r in records}) == [-1, 0, 1]
+    from rlif.answers import MATH
+
+    for r in records:
+        assert r["correct"] == MATH.is_correct(r["response"], r["label"]) and r["num_tokens"] <= 8
+    greedy = [r for r in records if r["sample"] == -1]
+    assert metrics[-1]["eval/greedy/accuracy"] == pytest.approx(sum(r["correct"] for r in greedy) / 6)
+    assert metrics[-1]["eval/greedy/self_certainty"] == pytest.approx(sum(r["self_certainty"] for r in greedy) / 6, rel=1e-5)

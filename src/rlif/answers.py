@@ -1,12 +1,19 @@
-"""Final-answer extraction and exact-match / numeric comparison.
+"""Final answers: how a task's responses state them and when two are the same.
 
-Extraction order: the last \\boxed{...} (balanced braces), else the text after the last "####",
-else the text after the last "answer is", else the last number in the text.
+An `AnswerFormat` pairs `extract(response) -> answer or None` with `equivalent(answer, reference)`.
+Configs name one (`data.answer_format: math`); a task adds its own with `register_answer_format`.
+
+The "math" format extracts the last \\boxed{...} (balanced braces), else the text after the last
+"####", else the text after the last "answer is", else the last number in the text; answers are equal
+when they are the same number or the same normalized text.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
+from dataclasses import dataclass
+from typing import Callable
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
@@ -70,5 +77,35 @@ def answers_match(predicted: str | None, reference: str | None) -> bool:
     return normalize_text(predicted) == normalize_text(reference)
 
 
-def is_correct(completion: str, reference: str | None) -> bool:
-    return answers_match(extract_answer(completion), reference)
+@dataclass(frozen=True)
+class AnswerFormat:
+    name: str
+    extract: Callable[[str], str | None]  # the final answer a response states, or None
+    equivalent: Callable[[str | None, str | None], bool]  # is a predicted answer the reference answer?
+
+    def is_correct(self, response: str, reference: str | None) -> bool:
+        return self.equivalent(self.extract(response), reference)
+
+
+ANSWER_FORMATS: dict[str, AnswerFormat] = {}
+
+
+def register_answer_format(answer_format: AnswerFormat) -> AnswerFormat:
+    ANSWER_FORMATS[answer_format.name] = answer_format
+    return answer_format
+
+
+MATH = register_answer_format(AnswerFormat("math", extract_answer, answers_match))
+
+
+def get_answer_format(name: str) -> AnswerFormat:
+    """A registered format by name, or `package.module:attribute` naming an AnswerFormat."""
+    if ":" in name:
+        module_name, _, attribute = name.partition(":")
+        answer_format = getattr(importlib.import_module(module_name), attribute)
+        if not isinstance(answer_format, AnswerFormat):
+            raise TypeError(f"{name} is not an rlif.answers.AnswerFormat")
+        return answer_format
+    if name not in ANSWER_FORMATS:
+        raise KeyError(f"unknown answer format; registered: {', '.join(sorted(ANSWER_FORMATS))} (or package.module:attribute)")
+    return ANSWER_FORMATS[name]

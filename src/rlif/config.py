@@ -61,8 +61,16 @@ class DataConfig:
     """Wrap the user message in the tokenizer's chat template (with a generation prompt). false: the rendered text is the prompt."""
     max_prompt_tokens: int = 512
     """Prompts longer than this (in tokens, after templating) are dropped at start-up, and the count is printed."""
+    answer_format: str = "math"
+    """How final answers are extracted from responses and compared with labels (`rlif.answers`; or package.module:attribute)."""
 
     def validate(self) -> None:
+        from rlif.answers import get_answer_format
+
+        try:
+            get_answer_format(self.answer_format)
+        except (KeyError, ImportError, AttributeError, TypeError) as error:
+            raise ConfigError(f"config field data.answer_format = {self.answer_format!r}: {error.args[0] if error.args else error}") from None
         _require(bool(self.path), "data.path", self.path, "a .jsonl or .parquet file")
         _require(Path(self.path).suffix in (".jsonl", ".parquet"), "data.path", self.path, "a file ending in .jsonl or .parquet")
         _require("{prompt}" in self.prompt_template, "data.prompt_template", self.prompt_template, "a format string containing {prompt}")
@@ -156,6 +164,29 @@ class RewardConfig:
 
 
 @dataclass
+class EvalConfig:
+    path: str | None = None
+    """Held-out labeled problems (same fields, template and answer format as `data`) evaluated during training. null: none."""
+    every: int = 0
+    """Evaluate before the first step, every this many steps and after the last one. 0: only before and after."""
+    limit: int = 0
+    """Evaluate the first `limit` problems of the file (0: all)."""
+    num_samples: int = 0
+    """Sampled answers per problem at the rollout temperature, for sampled accuracy (0: greedy only)."""
+    max_new_tokens: int = 0
+    """Token limit of evaluation answers (0: rollout.max_new_tokens)."""
+    batch_size: int = 64
+    """Sequences per evaluation decode batch."""
+
+    def validate(self) -> None:
+        if self.path is not None:
+            _require(Path(self.path).suffix in (".jsonl", ".parquet"), "eval.path", self.path, "a .jsonl or .parquet file, or null")
+        for name in ("every", "limit", "num_samples", "max_new_tokens"):
+            _require(getattr(self, name) >= 0, f"eval.{name}", getattr(self, name), "a non-negative integer")
+        _require(self.batch_size >= 1, "eval.batch_size", self.batch_size, "a positive integer")
+
+
+@dataclass
 class RunConfig:
     output_dir: str = "runs/intuitor"
     """Run directory: resolved config, metrics.jsonl, samples, checkpoints, plots."""
@@ -195,6 +226,8 @@ class Config:
     """The GRPO update."""
     reward: RewardConfig = field(default_factory=RewardConfig)
     """What is optimized."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation on held-out problems during training."""
     run: RunConfig = field(default_factory=RunConfig)
     """Where results go, checkpointing and logging."""
 

@@ -7,6 +7,8 @@ from pathlib import Path
 from rlif.runlog import read_jsonl
 
 TRAINING_PANELS = [
+    ("eval/greedy/accuracy", "eval accuracy (greedy)"),
+    ("eval/sampled/accuracy", "eval accuracy (sampled)"),
     ("reward/mean", "reward (mean)"),
     ("rollout/accuracy", "sampled accuracy"),
     ("signals/self_certainty", "self-certainty"),

@@ -15,7 +15,6 @@ from typing import Callable, Protocol
 import torch
 from torch import Tensor
 
-from rlif.answers import is_correct
 from rlif.rollout import Rollout
 from rlif.signals import masked_mean
 
@@ -77,4 +76,4 @@ def self_certainty_reward(rollout: Rollout) -> Tensor:
 @register("correctness", uses_labels=True)
 def correctness_reward(rollout: Rollout) -> Tensor:
     """GRPO's verifiable reward: 1 if the response's final answer matches the label, else 0."""
-    return torch.tensor([float(is_correct(text, label)) for text, label in zip(rollout.completions, rollout.labels)])
+    return rollout.correct()

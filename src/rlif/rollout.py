@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from rlif.answers import MATH, AnswerFormat
 from rlif.sampling import sample
 from rlif.signals import TokenSignals
 
@@ -50,6 +51,8 @@ class Rollout:
     completions: list[str]  # N decoded responses (special tokens removed)
     truncated: Tensor  # (N,) bool, True when the response hit max_new_tokens without EOS
     labels: Sequence[str | None] = ()  # N reference answers, or HiddenLabels
+    answers: list[str | None] = field(default_factory=list)  # N final answers extracted from the completions
+    answer_format: AnswerFormat = MATH  # how answers are extracted and compared
     signals: TokenSignals | None = None  # (N, T) pi_old log-probs, self-certainty, entropy
     ref_logprobs: Tensor | None = None  # (N, T) reference-model log-probs, None when kl_coef == 0
     extras: dict = field(default_factory=dict)  # per-reward state (e.g. offline signals), keyed by name
@@ -57,6 +60,11 @@ class Rollout:
     @property
     def response_lengths(self) -> Tensor:
         return self.response_mask.sum(-1)  # (N,)
+
+    def correct(self) -> Tensor:
+        """(N,) 1.0 where the extracted answer equals the label (reads the labels)."""
+        equivalent = self.answer_format.equivalent
+        return torch.tensor([float(equivalent(a, label)) for a, label in zip(self.answers, self.labels)])
 
     def without_labels(self, reward_name: str) -> "Rollout":
         return dataclasses.replace(self, labels=HiddenLabels(reward_name))
@@ -94,6 +102,7 @@ def generate_rollout(
     eos_ids: Sequence[int],
     labels: Sequence[str | None] = (),
     prompt_keys: Sequence[int] | None = None,
+    answer_format: AnswerFormat = MATH,
     progress=None,
 ) -> Rollout:
     """Sample `group_size` responses to each rendered prompt (see `rlif.sampling.sample`).
@@ -119,6 +128,7 @@ def generate_rollout(
     pad = tokenizer.pad_token_id
     prompt_ids, prompt_mask = left_pad([encoded[i] for i in rows], pad)  # (N, P)
     response_ids, response_mask = right_pad(samples.responses, pad)  # (N, T)
+    completions = [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in samples.responses]
     return Rollout(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask,
@@ -127,9 +137,11 @@ def generate_rollout(
         group_ids=torch.tensor(rows),
         group_size=group_size,
         prompts=[prompt_texts[i] for i in rows],
-        completions=[tokenizer.decode(tokens, skip_special_tokens=True) for tokens in samples.responses],
+        completions=completions,
         truncated=torch.tensor(samples.truncated),
         labels=[labels[i] for i in rows] if labels else [None] * len(rows),
+        answers=[answer_format.extract(text) for text in completions],
+        answer_format=answer_format,
     )
 
 

@@ -40,7 +40,7 @@ from rlif.data import DataError, PromptRecord, load_prompts, render_prompt
 from rlif.grpo import group_advantages, k3_kl, policy_loss
 from rlif.models import eos_token_ids, load_model, load_tokenizer
 from rlif.rewards import compute_reward, resolve_reward
-from rlif.answers import is_correct
+from rlif.answers import get_answer_format
 from rlif.rollout import Rollout, generate_rollout, seed_for
 from rlif.runlog import RunLogger
 from rlif.scoring import SignalModel, score_in_batches, trim_padding
@@ -62,8 +62,11 @@ class TrainingPrompts:
     dropped: int  # prompts longer than max_prompt_tokens
 
 
-def prepare_prompts(config: Config, tokenizer) -> TrainingPrompts:
-    records = load_prompts(config.data.path, config.data.prompt_field, config.data.label_field)
+def prepare_prompts(config: Config, tokenizer, path: str, limit: int = 0) -> TrainingPrompts:
+    """Load, validate and render the prompts of `path` as the data section says; drop overlong ones."""
+    records = load_prompts(path, config.data.prompt_field, config.data.label_field)
+    if limit:
+        records = records[:limit]
     kept, rendered = [], []
     for record in records:
         text = render_prompt(
@@ -77,7 +80,7 @@ def prepare_prompts(config: Config, tokenizer) -> TrainingPrompts:
             kept.append(record)
             rendered.append(text)
     if not kept:
-        raise DataError(f"{config.data.path}: every prompt is longer than data.max_prompt_tokens={config.data.max_prompt_tokens}")
+        raise DataError(f"{path}: every prompt is longer than data.max_prompt_tokens={config.data.max_prompt_tokens}")
     return TrainingPrompts(kept, rendered, len(records) - len(kept))
 
 
@@ -165,7 +168,12 @@ def train(config: Config) -> Path:
     if reward.uses_labels and config.data.label_field is None:
         raise ConfigError(f"config field reward.name = {reward.name!r} needs labels, but data.label_field is null")
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
-    prompts = prepare_prompts(config, tokenizer)
+    prompts = prepare_prompts(config, tokenizer, config.data.path)
+    eval_problems = None
+    if config.eval.path is not None:
+        if config.data.label_field is None:
+            raise ConfigError(f"config field eval.path = {config.eval.path!r}: evaluation needs labels, but data.label_field is null")
+        eval_problems = prepare_prompts(config, tokenizer, config.eval.path, config.eval.limit)
     num_steps = total_steps(config, len(prompts.records))
     run_dir = prepare_run_dir(config, accelerator)
 
@@ -202,6 +210,7 @@ def train(config: Config) -> Path:
             remove_incomplete(run_dir)
     signal_model, optimizer = accelerator.prepare(signal_model, optimizer)
     eos_ids = eos_token_ids(tokenizer, policy)
+    answer_format = get_answer_format(config.data.answer_format)
     if config.run.report_to != "none":
         accelerator.init_trackers("rlif", config=config.to_dict())
     logger = RunLogger(run_dir, accelerator, num_steps, start_step, config.run.progress, config.run.report_to)
@@ -209,6 +218,16 @@ def train(config: Config) -> Path:
         logger.write(f"dropped {prompts.dropped} prompts longer than data.max_prompt_tokens={config.data.max_prompt_tokens}")
     local_prompts = cfg_train.prompts_per_step // accelerator.num_processes
     has_labels = config.data.label_field is not None
+
+    def evaluate_now(step: int) -> dict[str, float]:
+        if eval_problems is None:
+            return {}
+        model = accelerator.unwrap_model(signal_model).model
+        with accelerator.autocast():
+            return run_evaluation(accelerator, model, tokenizer, eval_problems, answer_format, eos_ids, config, run_dir, step)
+
+    if start_step == 0 and eval_problems is not None:
+        logger.log(0, evaluate_now(0))
 
     for step in range(start_step + 1, num_steps + 1):
         step_start = time.perf_counter()
@@ -234,6 +253,7 @@ def train(config: Config) -> Path:
                 prompt_keys=positions,  # a prompt's place in the global batch: same samples on any process count
                 eos_ids=eos_ids,
                 labels=[record.label for record in batch],
+                answer_format=answer_format,
             )
         generate_end = time.perf_counter()
 
@@ -306,6 +326,8 @@ def train(config: Config) -> Path:
                 "time/tokens_per_s": num_completion_tokens / (step_end - step_start),
             }
         )
+        if (config.eval.every and step % config.eval.every == 0) or step == num_steps:
+            metrics.update(evaluate_now(step))
         logger.log(step, metrics)
         if step == 1 or step % config.run.sample_every == 0:
             logger.samples(step, sample_records(rollout, rewards, config.run.num_samples, has_labels))
@@ -319,6 +341,41 @@ def train(config: Config) -> Path:
 
         plot_run(run_dir)
     return run_dir
+
+
+def run_evaluation(accelerator, model, tokenizer, problems: TrainingPrompts, answer_format, eos_ids, config, run_dir, step) -> dict:
+    """Evaluate on this process's share of the problems, gather, write RUN/eval/step_N.jsonl; `eval/...` metrics."""
+    from accelerate.utils import gather_object
+
+    from rlif.evaluate import evaluate, summarize
+    from rlif.runlog import append_jsonl
+
+    shard = list(range(accelerator.process_index, len(problems.records), accelerator.num_processes))
+    result = evaluate(
+        model,
+        tokenizer,
+        [problems.records[i] for i in shard],
+        [problems.rendered[i] for i in shard],
+        answer_format,
+        max_new_tokens=config.eval.max_new_tokens or config.rollout.max_new_tokens,
+        eos_ids=eos_ids,
+        num_samples=config.eval.num_samples,
+        temperature=config.rollout.temperature,
+        top_p=config.rollout.top_p,
+        seed=seed_for(config.train.seed, step, 1),
+        batch_size=config.eval.batch_size,
+        problem_ids=shard,
+    )
+    records = sorted(gather_object(result.records), key=lambda r: (r["sample"], r["problem"]))
+    if accelerator.is_main_process:
+        path = Path(run_dir) / "eval" / f"step_{step:06d}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+        for record in records:
+            append_jsonl(path, {"step": step, **record})
+    greedy = [r for r in records if r["sample"] < 0]
+    sampled = [r for r in records if r["sample"] >= 0]
+    return {f"eval/{k}": v for k, v in {**summarize(greedy, "greedy/"), **summarize(sampled, "sampled/")}.items()}
 
 
 def rollout_metrics(accelerator, rollout: Rollout, rewards: torch.Tensor, has_labels: bool) -> dict[str, float]:
@@ -335,7 +392,7 @@ def rollout_metrics(accelerator, rollout: Rollout, rewards: torch.Tensor, has_la
     if rollout.ref_logprobs is not None:
         per_response["kl"] = masked_mean(k3_kl(rollout.signals.logprobs, rollout.ref_logprobs), mask)
     if has_labels:
-        per_response["correct"] = torch.tensor([float(is_correct(c, l)) for c, l in zip(rollout.completions, rollout.labels)])
+        per_response["correct"] = rollout.correct()
     gathered = {k: accelerator.gather(v.float().to(accelerator.device)).cpu() for k, v in per_response.items()}
     metrics = {
         "reward/mean": gathered["reward"].mean().item(),
@@ -358,6 +415,7 @@ def rollout_metrics(accelerator, rollout: Rollout, rewards: torch.Tensor, has_la
 def sample_records(rollout: Rollout, rewards: torch.Tensor, count: int, has_labels: bool) -> list[dict]:
     """The first response of the first `count` groups, for people to read."""
     records = []
+    correct = rollout.correct() if has_labels else None
     for row in range(0, min(count * rollout.group_size, len(rollout.completions)), rollout.group_size):
         mask = rollout.response_mask[row]
         record = {
@@ -370,7 +428,8 @@ def sample_records(rollout: Rollout, rewards: torch.Tensor, count: int, has_labe
         }
         if has_labels:
             record["label"] = rollout.labels[row]
-            record["correct"] = is_correct(rollout.completions[row], rollout.labels[row])
+            record["answer"] = rollout.answers[row]
+            record["correct"] = bool(correct[row])
         records.append(record)
     return records
 

@@ -205,3 +205,15 @@ def test_evaluation_during_training(tmp_path, tiny_model_dir, addition_data):
     greedy = [r for r in records if r["sample"] == -1]
     assert metrics[-1]["eval/greedy/accuracy"] == pytest.approx(sum(r["correct"] for r in greedy) / 6)
     assert metrics[-1]["eval/greedy/self_certainty"] == pytest.approx(sum(r["self_certainty"] for r in greedy) / 6, rel=1e-5)
+
+
+def test_resume_before_the_first_checkpoint_starts_clean(tmp_path, tiny_model_dir, addition_data):
+    config_path = tiny_config(tmp_path, tiny_model_dir, addition_data, train={"steps": 3}, run={"save_every": 10},
+                              eval={"path": str(addition_data), "limit": 2, "max_new_tokens": 4})
+    train(load_config(config_path))
+    expected = comparable(read_jsonl(tmp_path / "run" / "metrics.jsonl"))
+    import shutil
+
+    shutil.rmtree(tmp_path / "run" / "checkpoints")  # as if killed after logging, before the first save
+    train(load_config(config_path, ["run.resume=true"]))
+    assert comparable(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == expected  # no duplicated lines

@@ -204,10 +204,12 @@ def train(config: Config) -> Path:
         scheduler.load_state_dict(state["scheduler"])
         if accelerator.num_processes == len(state["rng"]):
             set_rng_state(state["rng"][accelerator.process_index])
-        if accelerator.is_main_process:
-            truncate_jsonl(run_dir / "metrics.jsonl", start_step)
-            truncate_jsonl(run_dir / "samples.jsonl", start_step)
-            remove_incomplete(run_dir)
+    if config.run.resume and accelerator.is_main_process:
+        # Forget what was logged after the checkpoint (all of it when there is none: step 0 reruns).
+        last_kept = start_step if resume_from else -1
+        truncate_jsonl(run_dir / "metrics.jsonl", last_kept)
+        truncate_jsonl(run_dir / "samples.jsonl", last_kept)
+        remove_incomplete(run_dir)
     signal_model, optimizer = accelerator.prepare(signal_model, optimizer)
     eos_ids = eos_token_ids(tokenizer, policy)
     answer_format = get_answer_format(config.data.answer_format)

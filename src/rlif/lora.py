@@ -34,20 +34,25 @@ def load_policy(config: Config, checkpoint: Path | None = None) -> nn.Module:
         policy = load_model(str(checkpoint) if checkpoint else config.model.path, config.model.dtype, config.model.trust_remote_code)
     else:
         base = load_model(config.model.path, config.model.dtype, config.model.trust_remote_code)
-        policy = load_adapter(base, Path(checkpoint) / ADAPTER_DIR) if checkpoint else apply_lora(base, config.lora)
+        policy = load_adapter(base, Path(checkpoint) / ADAPTER_DIR) if checkpoint else apply_lora(base, config.lora, config.train.seed)
     if config.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return policy
 
 
-def apply_lora(model: nn.Module, lora: LoraConfig) -> nn.Module:
-    """Fresh adapters (B = 0, so the policy starts equal to the base model); dropout 0 as everywhere in rlif."""
+def apply_lora(model: nn.Module, lora: LoraConfig, seed: int) -> nn.Module:
+    """Fresh adapters (B = 0, so the policy starts equal to the base model); dropout 0 as everywhere in rlif.
+
+    A is drawn at random: from `seed`, so every process and every run with that seed starts from the same adapters.
+    """
     import peft
 
     targets = "all-linear" if lora.target_modules == ["all-linear"] else list(lora.target_modules)
     adapter_config = peft.LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM")
     try:
-        peft_model = peft.get_peft_model(model, adapter_config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            peft_model = peft.get_peft_model(model, adapter_config)
     except ValueError as error:  # peft: "Target modules {...} not found in the base model"
         raise ConfigError(f"config field lora.target_modules = {lora.target_modules!r}: {error}") from None
     _check_head_not_adapted(peft_model, lora)

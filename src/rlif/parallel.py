@@ -39,6 +39,12 @@ def check_supported_setup(accelerator, config: Config) -> None:
                 "outside that module's forward, where ZeRO-3 keeps it partitioned. FSDP2 shards parameters, gradients "
                 "and optimizer state the same way and is supported: configs/accelerate/fsdp2.yaml"
             )
+        clipping = accelerator.state.deepspeed_plugin.deepspeed_config.get("gradient_clipping")
+        if clipping != config.train.max_grad_norm:  # DeepSpeed clips inside its engine step, with its own setting
+            raise ConfigError(
+                f"config field train.max_grad_norm = {config.train.max_grad_norm}: under DeepSpeed the gradient is clipped "
+                f"by the DeepSpeed config's gradient_clipping ({clipping!r}); set both to the same value"
+            )
         if config.run.resume:
             raise ConfigError(
                 "config field run.resume = True: resuming under DeepSpeed is not supported (its optimizer state is "
@@ -96,6 +102,15 @@ def full_parameters(accelerator, signal_model):
             module.reshard()
             # the root keeps its parameters between forward and backward (FSDP2's own default for a root)
             module.set_reshard_after_forward(layer_setting if module is not signal_model else False, recurse=False)
+
+
+def sampling_model(accelerator, signal_model):
+    """The Hugging Face causal LM to sample with. Under LoRA: peft's base model, whose layers carry the adapters
+    in place (peft's wrapper would hide the forward signature the sampler reads)."""
+    from rlif.lora import is_peft_model
+
+    model = accelerator.unwrap_model(signal_model).model
+    return model.get_base_model() if is_peft_model(model) else model
 
 
 def model_state_dict(accelerator, signal_model) -> dict | None:

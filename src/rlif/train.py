@@ -49,6 +49,7 @@ from rlif.parallel import (
     loss_scale,
     model_state_dict,
     optimizer_state_dict,
+    sampling_model,
 )
 from rlif.rewards import compute_reward, resolve_reward
 from rlif.answers import get_answer_format
@@ -234,7 +235,7 @@ def train(config: Config) -> Path:
     def evaluate_now(step: int) -> dict[str, float]:
         if eval_problems is None:
             return {}
-        model = accelerator.unwrap_model(signal_model).model
+        model = sampling_model(accelerator, signal_model)
         with accelerator.autocast(), full_parameters(accelerator, signal_model):
             return run_evaluation(accelerator, model, tokenizer, eval_problems, answer_format, eos_ids, config, run_dir, step)
 
@@ -252,7 +253,7 @@ def train(config: Config) -> Path:
         # ---- 2. rollouts: G responses per prompt from the current policy ---------------------
         with accelerator.autocast(), full_parameters(accelerator, signal_model):
             rollout = generate_rollout(
-                accelerator.unwrap_model(signal_model).model,
+                sampling_model(accelerator, signal_model),
                 tokenizer,
                 [record.prompt for record in batch],
                 [prompts.rendered[i] for i in indices],

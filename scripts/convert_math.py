@@ -5,7 +5,9 @@
 prompt = the problem; answer = the content of the last \\boxed{...} of the solution (nested braces kept);
 level, type and unique_id are kept for analysis. Two training solutions box their answer without braces
 (`\\boxed 2`, `\\boxed 9`: train/algebra/24014.json and 25040.json); LaTeX reads a brace-less macro argument
-as the next single token, and so does this script. A solution with no boxed answer at all is an error.
+as the next single token, and so does this script. Two solutions box nothing (`\\boxed{}`:
+train/number_theory/7115.json and 7117.json): those problems have no reference answer and are left out rather
+than given one by hand. A solution with no boxed answer at all is an error.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def boxed_answer(solution: str) -> str | None:
 
 
 def convert(source: Path, target: Path) -> dict:
-    rows, braceless = [], []
+    rows, braceless, empty = [], [], []
     with source.open(encoding="utf-8") as file:
         for line_number, line in enumerate(file, start=1):
             record = json.loads(line)
@@ -41,6 +43,9 @@ def convert(source: Path, target: Path) -> dict:
                 if answer is None:
                     raise SystemExit(f"{source}:{line_number}: no boxed answer in the solution of {record['unique_id']}")
                 braceless.append(record["unique_id"])
+            if not answer:
+                empty.append(record["unique_id"])
+                continue
             rows.append({"prompt": record["problem"], "answer": answer, "level": record["level"], "type": record["type"],
                          "unique_id": record["unique_id"]})
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -48,6 +53,7 @@ def convert(source: Path, target: Path) -> dict:
     return {
         "records": len(rows),
         "braceless_boxed": braceless,
+        "left_out_empty_boxed": empty,
         "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
         "output_sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
     }

@@ -202,11 +202,3 @@ def build_reference(config: Config, accelerator, policy, load_model_fn) -> Refer
         return Reference(fsdp2_prepare_model(accelerator, signal_model), sharded=True)
     return Reference(signal_model.to("cpu" if offload else device), device=device, offload=offload)
 
-
-def describe(accelerator) -> str:
-    """One line for the log: how the run is laid out."""
-    kind = accelerator.distributed_type.value
-    if accelerator.is_fsdp2:
-        kind = "FSDP2"
-    return f"{accelerator.num_processes} process(es), {kind}, device {accelerator.device}, mixed precision {accelerator.mixed_precision}"
-

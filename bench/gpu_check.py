@@ -99,11 +99,15 @@ def run_steps(args, model_dir: Path, work: Path, cuda: bool) -> dict:
         "run": {"output_dir": str(work / "run"), "progress": False, "save_every": 10**6, "sample_every": 10**6},
     }
     (work / "config.yaml").write_text(yaml.safe_dump(raw))
+    save = rlif.train._save
     rlif.train._save = lambda *args, **kwargs: None  # checkpoint writing is not what is measured
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    rlif.train.train(load_config(work / "config.yaml"))
+    try:
+        rlif.train.train(load_config(work / "config.yaml"))
+    finally:
+        rlif.train._save = save
     wall = time.perf_counter() - start
     steps = []
     for m in read_jsonl(work / "run" / "metrics.jsonl"):

@@ -13,7 +13,11 @@ def test_gpu_check_smoke_mode(tmp_path):
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
     output = tmp_path / "report.json"
+    import rlif.train
+
+    save = rlif.train._save
     report = gpu_check.main(["--smoke", "--output", str(output)])
+    assert rlif.train._save is save  # the script switches checkpoint writing off only while it runs
     assert json.loads(output.read_text()) == json.loads(json.dumps(report))
     assert report["mode"].startswith("smoke") and report["parameters"] > 151936 * 64  # the real vocabulary
     assert [s["step"] for s in report["steps"]] == [1, 2]

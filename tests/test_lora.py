@@ -24,9 +24,9 @@ def lora_config(tmp_path, model_dir, data_path, **lora):
         "model": {"path": str(model_dir)},
         "data": {"path": str(data_path), "system_prompt": None},
         "rollout": {"group_size": 4, "max_new_tokens": 10, "temperature": 1.0, "generation_batch_size": 16},
-        "train": {"prompts_per_step": 4, "steps": 3, "lr": 2e-2, "micro_batch_size": 8, "score_batch_size": 8},
+        "train": {"prompts_per_step": 4, "steps": 2, "lr": 2e-2, "micro_batch_size": 8, "score_batch_size": 8},
         "lora": {"rank": 4, "alpha": 8.0, **lora},
-        "run": {"output_dir": str(tmp_path / "run"), "save_every": 1, "keep_checkpoints": 3, "progress": False},
+        "run": {"output_dir": str(tmp_path / "run"), "save_every": 1, "keep_checkpoints": 2, "progress": False},
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -61,7 +61,7 @@ def test_lora_run_reference_checkpoints_and_resume(tmp_path, tiny_model_dir, add
     assert torch.equal(base_weights["model.embed_tokens.weight"], merged_weights["model.embed_tokens.weight"])  # not adapted
 
     expected = read_jsonl(run / "metrics.jsonl")
-    shutil.rmtree(checkpoint)  # as if killed after step 2's checkpoint
+    shutil.rmtree(checkpoint)  # as if killed after step 1's checkpoint
     train(load_config(config_path, ["run.resume=true"]))
     resumed = read_jsonl(run / "metrics.jsonl")
     strip = lambda records: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]  # noqa: E731

@@ -139,6 +139,9 @@ def load_optimizer_state_dict(accelerator, signal_model, optimizer, state: dict)
     """Inverse of `optimizer_state_dict`, after `accelerator.prepare`; process 0's copy is broadcast (sharded under FSDP2)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+    if state is None:
+        raise ConfigError("config field run.resume = True: the checkpoint holds no optimizer state (it was written under "
+                          "DeepSpeed); start a new run from its model folder instead")
     distributed = accelerator.num_processes > 1
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=distributed)
     own = state if accelerator.is_main_process or not distributed else {}

@@ -57,13 +57,13 @@ def setup(tmp_path_factory):
     return root, config_path, single
 
 
-def launch(config_path: Path, run_dir: Path, *accelerate_args: str, script: list[str]) -> None:
+def launch(config_path: Path, run_dir: Path, *accelerate_args: str, script: list[str], overrides: tuple[str, ...] = ()) -> None:
     with socket.socket() as probe:  # a free rendezvous port: other test runs may share the machine
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), *accelerate_args,
-               *script, "train", str(config_path), f"run.output_dir={run_dir}"]
+               *script, "train", str(config_path), f"run.output_dir={run_dir}", *overrides]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -101,10 +101,10 @@ def assert_same_samples(single: Path, other: Path) -> None:
         assert b["reward"] == pytest.approx(a["reward"], rel=1e-4)
 
 
-def resume_on_one_process(config_path: Path, run_dir: Path) -> list[dict]:
+def resume_on_one_process(config_path: Path, run_dir: Path, overrides: tuple[str, ...] = ()) -> list[dict]:
     """Forget the last checkpoint of a 2-process run and finish it on 1 process; the metrics the resumed step logs."""
     shutil.rmtree(run_dir / "checkpoints" / f"step_{STEPS:06d}")
-    train(load_config(config_path, [f"run.output_dir={run_dir}", "run.resume=true"]))
+    train(load_config(config_path, [f"run.output_dir={run_dir}", "run.resume=true", *overrides]))
     assert latest_checkpoint(run_dir)[0] == STEPS
     return read_jsonl(run_dir / "metrics.jsonl")
 
@@ -137,3 +137,19 @@ def test_fsdp2_two_processes_match_one_process(setup):
     assert len(state["rng"]) == 2 and all(name.startswith("model.") for name in state["optimizer"]["state"])
     assert_same_metrics(expected, resume_on_one_process(config_path, run_dir))
     assert_same_weights(single, run_dir, STEPS)
+
+
+def test_lora_ddp_two_processes_match_one_process(setup):
+    """LoRA under DDP: the reference is each process's own policy with adapters disabled; adapters start from the seed."""
+    pytest.importorskip("peft")
+    root, config_path, _ = setup
+    lora = ("lora.rank=4", "lora.alpha=8", "train.lr=1e-2", "eval.path=null")
+    single = train(load_config(config_path, [f"run.output_dir={root / 'lora-single'}", *lora]))
+    run_dir = root / "lora-ddp"
+    launch(config_path, run_dir, "--multi_gpu", script=["-m", "rlif.cli"], overrides=lora)
+    expected = read_jsonl(single / "metrics.jsonl")
+    assert expected[0]["signals/kl_ref"] == 0.0 and expected[-1]["signals/kl_ref"] > 0
+    assert_same_metrics(expected, read_jsonl(run_dir / "metrics.jsonl"))
+    assert_same_samples(single, run_dir)
+    assert_same_weights(single, run_dir, STEPS)  # the merged weights of the checkpoints
+    assert_same_metrics(expected, resume_on_one_process(config_path, run_dir, lora))

@@ -93,9 +93,10 @@ def test_unsupported_distributed_modes_fail_with_the_reason(tmp_path, tiny_model
     """The refusals are decided from the accelerator's mode alone (these modes need GPUs to run for real)."""
     from accelerate.utils import DistributedType
 
-    def accelerator(kind, fsdp2=False, zero_stage=2, clipping=1.0):
+    def accelerator(kind, fsdp2=False, zero_stage=2, clipping=1.0, processes=2):
         plugin = SimpleNamespace(zero_stage=zero_stage, deepspeed_config={"gradient_clipping": clipping})
-        return SimpleNamespace(distributed_type=kind, is_fsdp2=fsdp2, state=SimpleNamespace(deepspeed_plugin=plugin))
+        return SimpleNamespace(distributed_type=kind, is_fsdp2=fsdp2, num_processes=processes,
+                               state=SimpleNamespace(deepspeed_plugin=plugin))
 
     lora = load_config(lora_config(tmp_path, tiny_model_dir, addition_data))
     full = load_config(lora_config(tmp_path, tiny_model_dir, addition_data), ["lora.rank=0"])
@@ -114,5 +115,9 @@ def test_unsupported_distributed_modes_fail_with_the_reason(tmp_path, tiny_model
     with pytest.raises(ConfigError, match="train.max_grad_norm = 1.0: under DeepSpeed the gradient is clipped"):
         check_supported_setup(accelerator(DistributedType.DEEPSPEED, clipping=0.5), full)
     check_supported_setup(accelerator(DistributedType.DEEPSPEED), full)
+    own_device = load_config(lora_config(tmp_path, tiny_model_dir, addition_data), ["lora.rank=0", "model.reference_device=cuda:1"])
+    with pytest.raises(ConfigError, match="model.reference_device = 'cuda:1': a device of its own is for one-process runs"):
+        check_supported_setup(accelerator(DistributedType.MULTI_CPU), own_device)
+    check_supported_setup(accelerator(DistributedType.NO, processes=1), own_device)
     check_supported_setup(accelerator(DistributedType.MULTI_CPU), lora)  # LoRA under DDP is fine
     check_supported_setup(accelerator(DistributedType.FSDP, fsdp2=True), full)

@@ -53,7 +53,8 @@ def setup(tmp_path_factory):
     }
     config_path = root / "config.yaml"
     config_path.write_text(yaml.safe_dump(raw))
-    single = train(load_config(config_path, [f"run.output_dir={root / 'single'}"]))
+    # the one-process run keeps its reference in CPU memory between uses (on CPU a no-op move, but the same code path)
+    single = train(load_config(config_path, [f"run.output_dir={root / 'single'}", "model.reference_device=offload"]))
     return root, config_path, single
 
 
@@ -135,6 +136,12 @@ def test_fsdp2_two_processes_match_one_process(setup):
     assert_same_weights(single, run_dir, STEPS)
     state = torch.load(run_dir / "checkpoints" / f"step_{STEPS:06d}" / "trainer_state.pt", weights_only=False)
     assert len(state["rng"]) == 2 and all(name.startswith("model.") for name in state["optimizer"]["state"])
+    # resume on 2 FSDP2 processes (process 0's full optimizer state is broadcast and sharded), then on 1 process
+    shutil.rmtree(run_dir / "checkpoints" / f"step_{STEPS:06d}")
+    launch(config_path, run_dir, "--config_file", str(REPO / "configs" / "accelerate" / "fsdp2.yaml"),
+           script=[str(TESTS / "fsdp_cpu_launch.py")], overrides=("run.resume=true",))
+    assert_same_metrics(expected, read_jsonl(run_dir / "metrics.jsonl"))
+    assert_same_weights(single, run_dir, STEPS)
     assert_same_metrics(expected, resume_on_one_process(config_path, run_dir))
     assert_same_weights(single, run_dir, STEPS)
 

@@ -56,6 +56,11 @@ def check_supported_setup(accelerator, config: Config) -> None:
             f"config field model.reference_device = {config.model.reference_device!r}: under FSDP2 the reference is "
             "sharded over the processes like the policy; use auto"
         )
+    if accelerator.num_processes > 1 and config.model.reference_device not in ("auto", "offload") and config.lora.rank == 0:
+        raise ConfigError(
+            f"config field model.reference_device = {config.model.reference_device!r}: a device of its own is for "
+            f"one-process runs (all {accelerator.num_processes} processes would put their reference there); use auto or offload"
+        )
     if config.lora.rank > 0 and kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         raise ConfigError(
             f"config field lora.rank = {config.lora.rank}: LoRA runs under DDP or on one device, not under {kind.value} "

@@ -213,10 +213,10 @@ def main(argv=None) -> dict:
 
 def summary(report: dict) -> str:
     s = report["settings"]
-    gib = lambda v: "n/a" if v is None else f"{v:.1f} GiB"  # noqa: E731
+    gib = lambda v: "n/a" if v is None else f"{v:.1f} GiB"
     lines = [f"# rlif GPU check: {report['device']} ({report['mode']})",
-             f"{report['parameters'] / 1e9:.2f} B parameters, {s['dtype']} weights, bf16 autocast on GPU; "
-             f"{s['prompts']} prompts x G={s['group_size']}, {s['response_tokens']} response tokens",
+             (f"{report['parameters'] / 1e9:.2f} B parameters, {s['dtype']} weights, bf16 autocast on GPU; "
+              f"{s['prompts']} prompts x G={s['group_size']}, {s['response_tokens']} response tokens"),
              "", "| step | step s | generate s | score s | update s | completion tokens/s | mean length |", "|---|---|---|---|---|---|---|"]
     for r in report["steps"]:
         lines.append(f"| {r['step']} | {r['step_s']:.1f} | {r['generate_s']:.1f} | {r['score_s']:.1f} | {r['update_s']:.1f} | "

@@ -64,7 +64,7 @@ def test_lora_run_reference_checkpoints_and_resume(tmp_path, tiny_model_dir, add
     shutil.rmtree(checkpoint)  # as if killed after step 1's checkpoint
     train(load_config(config_path, ["run.resume=true"]))
     resumed = read_jsonl(run / "metrics.jsonl")
-    strip = lambda records: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]  # noqa: E731
+    strip = lambda records: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
     assert strip(resumed) == strip(expected)
 
 

@@ -14,7 +14,6 @@ ZeRO-2), `torch.distributed.checkpoint` gathers full state dicts. What is left f
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import torch
 

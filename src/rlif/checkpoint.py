@@ -59,14 +59,23 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(run_dir, step: int, model, tokenizer, state: dict, keep: int, state_dict=None) -> Path:
-    """Write checkpoint `step` atomically and delete all but the `keep` newest complete ones."""
+def save_checkpoint(run_dir, step: int, model, tokenizer, state: dict, keep: int, state_dict=None, lora_merged: bool = True) -> Path:
+    """Write checkpoint `step` atomically and delete all but the `keep` newest complete ones.
+
+    `state_dict`: the model's full weights when they are not the live module's own (gathered from FSDP
+    shards). A peft (LoRA) model is saved by `rlif.lora.save_lora`: adapter/, plus merged weights when `lora_merged`.
+    """
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
     staging = root / f".incomplete-step_{step:06d}"
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
+    from rlif.lora import is_peft_model, save_lora
+
+    if is_peft_model(model):
+        save_lora(model, staging, merged=lora_merged)
+    else:
+        model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(staging)
     torch.save(state, staging / STATE_FILE)
     _fsync_tree(staging)

@@ -40,9 +40,18 @@ class ModelConfig:
     """Recompute decoder activations in the backward pass (less memory, about 30% more compute)."""
     trust_remote_code: bool = False
     """Allow model/tokenizer code from the model folder to run (Hugging Face `trust_remote_code`)."""
+    reference_device: str = "auto"
+    """Where the frozen reference copy lives: auto (the policy's device), offload (CPU memory, moved to the policy's device only for the reference pass), or a device such as cpu or cuda:1. Not used with LoRA (the reference is the policy with its adapters disabled)."""
 
     def validate(self) -> None:
         _require(bool(self.path), "model.path", self.path, "a model folder or hub id")
+        if self.reference_device not in ("auto", "offload"):
+            import torch
+
+            try:
+                torch.device(self.reference_device)
+            except (RuntimeError, ValueError):
+                _require(False, "model.reference_device", self.reference_device, "auto, offload or a torch device such as cpu or cuda:1")
 
 
 @dataclass
@@ -150,6 +159,28 @@ class TrainConfig:
 
 
 @dataclass
+class LoraConfig:
+    rank: int = 0
+    """LoRA rank r (peft). 0: train every weight (full fine-tuning). > 0: train low-rank adapters only; the reference is the base model with the adapters disabled, so no second copy of the weights is held."""
+    alpha: float = 16.0
+    """LoRA scaling numerator: the adapter update is scaled by alpha / rank."""
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Modules that get adapters (peft `target_modules`): names such as q_proj, v_proj, or ["all-linear"] for every linear layer except the output head. The output head (lm_head) cannot be adapted."""
+    save_merged: bool = True
+    """Checkpoints also hold the merged weights (base + adapters) as a plain Hugging Face model folder; the adapter itself is always saved in the checkpoint's adapter/ folder (peft format)."""
+
+    def validate(self) -> None:
+        _require(self.rank >= 0, "lora.rank", self.rank, "0 (full fine-tuning) or a positive integer")
+        _require(self.alpha > 0, "lora.alpha", self.alpha, "a positive number")
+        _require(bool(self.target_modules), "lora.target_modules", self.target_modules, 'a non-empty list of module names, or ["all-linear"]')
+        if self.rank > 0:
+            try:
+                import peft  # noqa: F401
+            except ImportError:
+                _require(False, "lora.rank", self.rank, "0, or install peft (pip install 'rlif[lora]') to train LoRA adapters")
+
+
+@dataclass
 class RewardConfig:
     name: str = "self_certainty"
     """Reward function: a registered name (`rlif rewards` lists them) or `package.module:function` of your own."""
@@ -224,6 +255,8 @@ class Config:
     """Sampling of responses."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """The GRPO update."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Low-rank adapters (peft) instead of full fine-tuning."""
     reward: RewardConfig = field(default_factory=RewardConfig)
     """What is optimized."""
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -55,6 +55,10 @@ class SignalModel(nn.Module):
         self.model = model
         self.chunk_size = chunk_size
 
+    @property
+    def _no_split_modules(self):  # accelerate's FSDP auto-wrap reads this: one FSDP unit per decoder layer
+        return getattr(self.model, "_no_split_modules", None)
+
     def forward(
         self,
         prompt_ids: Tensor,  # (B, P) left-padded

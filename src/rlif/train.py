@@ -38,7 +38,19 @@ from rlif.checkpoint import (
 from rlif.config import Config, ConfigError, save_config
 from rlif.data import DataError, PromptRecord, load_prompts, render_prompt
 from rlif.grpo import group_advantages, k3_kl, policy_loss
+from rlif.lora import load_policy
 from rlif.models import eos_token_ids, load_model, load_tokenizer
+from rlif.parallel import (
+    build_reference,
+    check_supported_setup,
+    full_parameters,
+    init_fsdp_root,
+    load_optimizer_state_dict,
+    loss_scale,
+    model_state_dict,
+    optimizer_state_dict,
+    sampling_model,
+)
 from rlif.rewards import compute_reward, resolve_reward
 from rlif.answers import get_answer_format
 from rlif.rollout import Rollout, generate_rollout, seed_for
@@ -158,6 +170,7 @@ def train(config: Config) -> Path:
     """Run (or resume) training as configured; returns the run directory."""
     # ---- set-up: everything that can fail cheaply fails before a model is loaded --------------
     accelerator = build_accelerator(config)
+    check_supported_setup(accelerator, config)
     cfg_train, cfg_rollout = config.train, config.rollout
     if cfg_train.prompts_per_step % accelerator.num_processes:
         raise ConfigError(
@@ -182,25 +195,20 @@ def train(config: Config) -> Path:
     if start_step >= num_steps:
         accelerator.print(f"{run_dir} is already complete ({start_step}/{num_steps} steps)")
         return run_dir
-    policy = load_model(str(resume_from[1]) if resume_from else config.model.path, config.model.dtype, config.model.trust_remote_code)
-    if config.model.gradient_checkpointing:
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    ref_model = None
-    if cfg_train.kl_coef > 0:
-        ref_model = load_model(config.model.path, config.model.dtype, config.model.trust_remote_code).requires_grad_(False)
-        ref_model = SignalModel(ref_model, cfg_train.chunk_tokens).to(accelerator.device).eval()
+    policy = load_policy(config, resume_from[1] if resume_from else None)  # full weights, or base + LoRA adapters
+    reference = build_reference(config, accelerator, policy, load_model)  # None when kl_coef == 0
     signal_model = SignalModel(policy, cfg_train.chunk_tokens)
     optimizer = torch.optim.AdamW(
-        policy.parameters(), lr=cfg_train.lr, betas=tuple(cfg_train.adam_betas), weight_decay=cfg_train.weight_decay
+        [p for p in policy.parameters() if p.requires_grad], lr=cfg_train.lr, betas=tuple(cfg_train.adam_betas), weight_decay=cfg_train.weight_decay
     )
+    from accelerate.utils import gather_object
     from transformers import get_scheduler
 
     scheduler = get_scheduler(
         cfg_train.lr_schedule, optimizer, num_warmup_steps=int(cfg_train.warmup_ratio * num_steps), num_training_steps=num_steps
     )
     if resume_from:
-        state = torch.load(resume_from[1] / STATE_FILE, weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
+        state = torch.load(resume_from[1] / STATE_FILE, weights_only=False, mmap=True)
         scheduler.load_state_dict(state["scheduler"])
         if accelerator.num_processes == len(state["rng"]):
             set_rng_state(state["rng"][accelerator.process_index])
@@ -211,6 +219,9 @@ def train(config: Config) -> Path:
         truncate_jsonl(run_dir / "samples.jsonl", last_kept)
         remove_incomplete(run_dir)
     signal_model, optimizer = accelerator.prepare(signal_model, optimizer)
+    if resume_from:  # after prepare: the state is keyed by parameter name and gets sharded like the parameters
+        load_optimizer_state_dict(accelerator, signal_model, optimizer, state["optimizer"])
+    init_fsdp_root(accelerator, signal_model)
     eos_ids = eos_token_ids(tokenizer, policy)
     answer_format = get_answer_format(config.data.answer_format)
     if config.run.report_to != "none":
@@ -224,8 +235,8 @@ def train(config: Config) -> Path:
     def evaluate_now(step: int) -> dict[str, float]:
         if eval_problems is None:
             return {}
-        model = accelerator.unwrap_model(signal_model).model
-        with accelerator.autocast():
+        model = sampling_model(accelerator, signal_model)
+        with accelerator.autocast(), full_parameters(accelerator, signal_model):
             return run_evaluation(accelerator, model, tokenizer, eval_problems, answer_format, eos_ids, config, run_dir, step)
 
     if start_step == 0 and eval_problems is not None:
@@ -240,9 +251,9 @@ def train(config: Config) -> Path:
         batch = [prompts.records[i] for i in indices]
 
         # ---- 2. rollouts: G responses per prompt from the current policy ---------------------
-        with accelerator.autocast():
+        with accelerator.autocast(), full_parameters(accelerator, signal_model):
             rollout = generate_rollout(
-                accelerator.unwrap_model(signal_model).model,
+                sampling_model(accelerator, signal_model),
                 tokenizer,
                 [record.prompt for record in batch],
                 [prompts.rendered[i] for i in indices],
@@ -264,8 +275,8 @@ def train(config: Config) -> Path:
         tensors = rollout.select(slice(None))
         signal_model.eval()
         rollout.signals = score_in_batches(signal_model, **tensors, **score_args)
-        if ref_model is not None:
-            with accelerator.autocast():
+        if reference is not None:
+            with accelerator.autocast(), reference.scoring(signal_model) as ref_model:
                 rollout.ref_logprobs = score_in_batches(ref_model, **tensors, **score_args).logprobs
         score_end = time.perf_counter()
 
@@ -294,12 +305,13 @@ def train(config: Config) -> Path:
                     mb[3].to(accelerator.device),
                     clip_eps=cfg_train.clip_eps,
                     kl_coef=cfg_train.kl_coef,
-                    ref_logprobs=None if ref_model is None else rollout.ref_logprobs[rows, :width].to(accelerator.device),
+                    ref_logprobs=None if reference is None else rollout.ref_logprobs[rows, :width].to(accelerator.device),
                     total_tokens=total_tokens,
                 )
                 if not torch.isfinite(terms.loss):
                     raise TrainingDiverged(_diverged(step, f"the loss is {terms.loss.item()}", run_dir))
-                accelerator.backward(terms.loss)
+                # DDP/FSDP/DeepSpeed average gradients over processes; the loss is already a global token mean
+                accelerator.backward(terms.loss * loss_scale(accelerator))
             sums += torch.stack([terms.policy_loss, terms.kl, terms.clipped, terms.num_tokens]).detach().float().cpu()
         grad_norm = accelerator.clip_grad_norm_(signal_model.parameters(), cfg_train.max_grad_norm)
         if not torch.isfinite(torch.as_tensor(grad_norm)):
@@ -317,7 +329,7 @@ def train(config: Config) -> Path:
         metrics.update(
             {
                 "loss/policy": (sums[0] / sums[3]).item(),
-                "loss/kl": (sums[1] / sums[3]).item() if ref_model is not None else 0.0,
+                "loss/kl": (sums[1] / sums[3]).item() if reference is not None else 0.0,
                 "loss/clip_frac": (sums[2] / sums[3]).item(),
                 "optim/grad_norm": float(grad_norm),
                 "optim/lr": lr,
@@ -332,9 +344,11 @@ def train(config: Config) -> Path:
             metrics.update(evaluate_now(step))
         logger.log(step, metrics)
         if step == 1 or step % config.run.sample_every == 0:
-            logger.samples(step, sample_records(rollout, rewards, config.run.num_samples, has_labels))
+            records = gather_object(sample_records(rollout, rewards, config.run.num_samples, has_labels))  # every process's first groups
+            logger.samples(step, records[: config.run.num_samples])
         if step % config.run.save_every == 0 or step == num_steps:
-            _save(accelerator, signal_model, tokenizer, optimizer, scheduler, run_dir, step, config.run.keep_checkpoints)
+            _save(accelerator, signal_model, tokenizer, optimizer, scheduler, run_dir, step, config.run.keep_checkpoints,
+                  config.lora.save_merged)
 
     logger.close()
     accelerator.end_training()
@@ -436,20 +450,25 @@ def sample_records(rollout: Rollout, rewards: torch.Tensor, count: int, has_labe
     return records
 
 
-def _save(accelerator, signal_model, tokenizer, optimizer, scheduler, run_dir: Path, step: int, keep: int) -> None:
+def _save(accelerator, signal_model, tokenizer, optimizer, scheduler, run_dir: Path, step: int, keep: int, lora_merged: bool) -> None:
     from accelerate.utils import gather_object
 
     rng = gather_object([rng_state()])  # one entry per process
+    weights = model_state_dict(accelerator, signal_model)  # full weights on process 0 (gathered under FSDP2)
+    optimizer_state = optimizer_state_dict(accelerator, signal_model, optimizer)  # keyed by parameter name
     if accelerator.is_main_process:
-        state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng}
+        state = {"step": step, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "rng": rng}
         model = accelerator.unwrap_model(signal_model).model
-        save_checkpoint(run_dir, step, model, tokenizer, state, keep)
+        save_checkpoint(run_dir, step, model, tokenizer, state, keep, state_dict=weights, lora_merged=lora_merged)
     accelerator.wait_for_everyone()
 
 
 def _maybe_no_sync(accelerator, model, last: bool):
     """Skip the gradient all-reduce on all but the last micro-batch of a step."""
-    return contextlib.nullcontext() if last else accelerator.no_sync(model)
+    accelerator.sync_gradients = last  # DeepSpeed steps its engine in the backward where this is True
+    if last or accelerator.is_fsdp2:  # FSDP2 reduce-scatters every micro-batch: unsharded gradients would not fit
+        return contextlib.nullcontext()
+    return accelerator.no_sync(model)
 
 
 def _diverged(step: int, what: str, run_dir: Path) -> str:

@@ -1,0 +1,211 @@
+"""The few places where the training loop must know that the policy is spread over processes.
+
+rlif adds nothing to the distribution itself: `accelerate` prepares the model (DDP, FSDP2, DeepSpeed
+ZeRO-2), `torch.distributed.checkpoint` gathers full state dicts. What is left for rlif:
+- start-up checks for the combinations it does not support, with the reason and what to use instead;
+- the loss scale: each process divides its token sum by the step's global token count, and DDP, FSDP and
+  DeepSpeed then AVERAGE gradients over processes, so the loss is multiplied by the process count;
+- sampling calls the inner language model directly (not the FSDP root), so under FSDP2 all parameters
+  are gathered for the duration of a rollout;
+- checkpoints hold full weights and a full optimizer state keyed by parameter name, so a run resumes on
+  any process count that divides the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from rlif.config import Config, ConfigError
+
+
+def check_supported_setup(accelerator, config: Config) -> None:
+    """Refuse, before any model is loaded, the distributed modes rlif does not support."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    if kind == DistributedType.FSDP and not accelerator.is_fsdp2:
+        raise ConfigError(
+            "FSDP version 1 is not supported: set fsdp_version: 2 in the accelerate config "
+            "(configs/accelerate/fsdp2.yaml); rlif samples with the full parameters through FSDP2's unshard()"
+        )
+    if kind == DistributedType.DEEPSPEED:
+        stage = accelerator.state.deepspeed_plugin.zero_stage
+        if stage == 3:
+            raise ConfigError(
+                "DeepSpeed ZeRO-3 is not supported: rlif's chunked vocabulary projection reads the lm_head weight "
+                "outside that module's forward, where ZeRO-3 keeps it partitioned. FSDP2 shards parameters, gradients "
+                "and optimizer state the same way and is supported: configs/accelerate/fsdp2.yaml"
+            )
+        clipping = accelerator.state.deepspeed_plugin.deepspeed_config.get("gradient_clipping")
+        if clipping != config.train.max_grad_norm:  # DeepSpeed clips inside its engine step, with its own setting
+            raise ConfigError(
+                f"config field train.max_grad_norm = {config.train.max_grad_norm}: under DeepSpeed the gradient is clipped "
+                f"by the DeepSpeed config's gradient_clipping ({clipping!r}); set both to the same value"
+            )
+        if config.run.resume:
+            raise ConfigError(
+                "config field run.resume = True: resuming under DeepSpeed is not supported (its optimizer state is "
+                "partitioned per process and rlif does not save it); resume this run under DDP or FSDP2, or start a "
+                "new run from the checkpoint's model folder"
+            )
+    if accelerator.is_fsdp2 and config.model.reference_device != "auto" and config.lora.rank == 0:
+        raise ConfigError(
+            f"config field model.reference_device = {config.model.reference_device!r}: under FSDP2 the reference is "
+            "sharded over the processes like the policy; use auto"
+        )
+    if accelerator.num_processes > 1 and config.model.reference_device not in ("auto", "offload") and config.lora.rank == 0:
+        raise ConfigError(
+            f"config field model.reference_device = {config.model.reference_device!r}: a device of its own is for "
+            f"one-process runs (all {accelerator.num_processes} processes would put their reference there); use auto or offload"
+        )
+    if config.lora.rank > 0 and kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ConfigError(
+            f"config field lora.rank = {config.lora.rank}: LoRA runs under DDP or on one device, not under {kind.value} "
+            "(the adapters' optimizer state is small; the frozen base weights are not sharded)"
+        )
+
+
+def loss_scale(accelerator) -> float:
+    """Factor that undoes the gradient averaging over processes (see the module docstring)."""
+    return float(accelerator.num_processes)
+
+
+def init_fsdp_root(accelerator, signal_model) -> None:
+    """FSDP2 takes the first module that runs forward as its root; sampling calls the inner LM (a child),
+    so one tiny no-grad forward through the real root comes first."""
+    if not accelerator.is_fsdp2:
+        return
+    one = torch.ones(1, 1, dtype=torch.long, device=accelerator.device)
+    with torch.no_grad():
+        signal_model(one, one, one, one)
+
+
+@contextlib.contextmanager
+def full_parameters(accelerator, signal_model):
+    """Gather FSDP2-sharded parameters once for a whole rollout or evaluation (a no-op otherwise).
+
+    Without it every decode step would all-gather every layer again (the inner LM's layers reshard
+    after each forward) and the root's parameters (embeddings, lm_head) would stay sharded.
+    """
+    if not accelerator.is_fsdp2:
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    modules = [m for m in signal_model.modules() if isinstance(m, FSDPModule)]
+    signal_model.set_reshard_after_forward(False)  # recursive
+    for module in modules:
+        module.unshard()
+    try:
+        yield
+    finally:
+        layer_setting = bool(accelerator.state.fsdp_plugin.reshard_after_forward)
+        for module in modules:
+            module.reshard()
+            # the root keeps its parameters between forward and backward (FSDP2's own default for a root)
+            module.set_reshard_after_forward(layer_setting if module is not signal_model else False, recurse=False)
+
+
+def sampling_model(accelerator, signal_model):
+    """The Hugging Face causal LM to sample with. Under LoRA: peft's base model, whose layers carry the adapters
+    in place (peft's wrapper would hide the forward signature the sampler reads)."""
+    from rlif.lora import is_peft_model
+
+    model = accelerator.unwrap_model(signal_model).model
+    return model.get_base_model() if is_peft_model(model) else model
+
+
+def model_state_dict(accelerator, signal_model) -> dict | None:
+    """Full weights of the wrapped causal LM (names as in its own state_dict) on process 0; call on every process."""
+    state_dict = accelerator.get_state_dict(signal_model)  # collective under FSDP2
+    if not accelerator.is_main_process:
+        return None
+    return {name.removeprefix("model."): tensor for name, tensor in state_dict.items()}
+
+
+def optimizer_state_dict(accelerator, signal_model, optimizer) -> dict | None:
+    """Full optimizer state keyed by parameter name (resumable on any process count) on process 0; call on every
+    process. None under DeepSpeed, whose optimizer state is partitioned (resume is refused there)."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_optimizer_state_dict(signal_model, _torch_optimizer(optimizer), options=options)
+    return state if accelerator.is_main_process else None
+
+
+def load_optimizer_state_dict(accelerator, signal_model, optimizer, state: dict) -> None:
+    """Inverse of `optimizer_state_dict`, after `accelerator.prepare`; process 0's copy is broadcast (sharded under FSDP2)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    if state is None:
+        raise ConfigError("config field run.resume = True: the checkpoint holds no optimizer state (it was written under "
+                          "DeepSpeed); start a new run from its model folder instead")
+    distributed = accelerator.num_processes > 1
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=distributed)
+    own = state if accelerator.is_main_process or not distributed else {}
+    set_optimizer_state_dict(signal_model, _torch_optimizer(optimizer), own, options=options)
+
+
+def _torch_optimizer(optimizer):
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
+
+
+class Reference:
+    """The frozen reference policy pi_ref of the KL term.
+
+    Full fine-tuning: a second copy of the initial weights, on the policy's device, offloaded to CPU memory
+    between uses, or on a device of its own (`model.reference_device`); under FSDP2 it is sharded like the
+    policy. LoRA: the policy itself with its adapters disabled, so no second copy exists.
+    """
+
+    def __init__(self, signal_model=None, peft_model=None, device: torch.device | None = None, offload: bool = False,
+                 sharded: bool = False):
+        self.signal_model = signal_model
+        self.peft_model = peft_model
+        self.device = device
+        self.offload = offload
+        self.sharded = sharded
+
+    @contextlib.contextmanager
+    def scoring(self, policy_signal_model):
+        """Yields the module whose forward gives reference signals (inputs go to its own device)."""
+        if self.peft_model is not None:
+            with self.peft_model.disable_adapter():
+                yield policy_signal_model
+            return
+        if self.offload:
+            self.signal_model.to(self.device)
+        try:
+            yield self.signal_model
+        finally:
+            if self.offload:
+                self.signal_model.to("cpu")
+            if self.sharded:  # an FSDP2 root keeps its parameters gathered after a forward; free them
+                self.signal_model.reshard()
+
+
+def build_reference(config: Config, accelerator, policy, load_model_fn) -> Reference | None:
+    """None when the KL term is off (train.kl_coef = 0)."""
+    from rlif.scoring import SignalModel
+
+    if config.train.kl_coef == 0:
+        return None
+    if config.lora.rank > 0:
+        return Reference(peft_model=policy)
+    where = config.model.reference_device
+    offload = where == "offload"
+    device = accelerator.device if where in ("auto", "offload") else torch.device(where)
+    model = load_model_fn(config.model.path, config.model.dtype, config.model.trust_remote_code).requires_grad_(False)
+    signal_model = SignalModel(model, config.train.chunk_tokens).eval()
+    if accelerator.is_fsdp2:
+        from accelerate.utils import fsdp2_prepare_model
+
+        return Reference(fsdp2_prepare_model(accelerator, signal_model), sharded=True)
+    return Reference(signal_model.to("cpu" if offload else device), device=device, offload=offload)
+

@@ -1,0 +1,30 @@
+"""bench/gpu_check.py in its CPU smoke mode: the same code path the GPU check runs, on a tiny Qwen2 with the real
+Qwen2.5 tokenizer (the measurement itself needs a GPU)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_smoke_mode(tmp_path):
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    output = tmp_path / "report.json"
+    import rlif.train
+
+    save = rlif.train._save
+    report = gpu_check.main(["--smoke", "--output", str(output)])
+    assert rlif.train._save is save  # the script switches checkpoint writing off only while it runs
+    assert json.loads(output.read_text()) == json.loads(json.dumps(report))
+    assert report["mode"].startswith("smoke") and report["parameters"] > 151936 * 64  # the real vocabulary
+    assert [s["step"] for s in report["steps"]] == [1, 2]
+    for step in report["steps"]:
+        assert step["step_s"] > 0 and step["tokens_per_s"] > 0
+        assert step["step_s"] >= step["generate_s"] + step["score_s"] + step["update_s"] - 1e-6
+        assert 1 <= step["response_len_mean"] <= 8
+    assert [r["micro_batch"] for r in report["micro_batches"]] == [1, 2]
+    assert all(r["fits"] and r["tokens_per_s"] > 0 for r in report["micro_batches"])
+    assert report["largest_micro_batch"] == 2

@@ -1,10 +1,16 @@
 """Shared fixtures: a tiny character-level tokenizer and tiny random Llama/Qwen2 models on disk."""
 
 import json
+import os
 import random
 
 import pytest
 import torch
+
+# Without a GPU, Triton kernels (if the package is installed) run under its interpreter; it must be on before
+# triton.language is first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from rlif.tiny import char_tokenizer, save_tiny_model, tiny_causal_lm
 

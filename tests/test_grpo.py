@@ -92,3 +92,14 @@ def test_micro_batches_sum_to_the_full_batch_gradient():
         total += part.loss.item()
     assert total == pytest.approx(full.loss.item(), rel=1e-6)
     torch.testing.assert_close(grads, full_grad)
+
+
+def test_policy_loss_with_detached_pi_old_has_the_policy_gradient():
+    # pi_old = logp.detach() (one update per step): ratio is exactly 1 and d loss / d logp = -A * mask / total_tokens.
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -9.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1], [1, 0]])
+    terms = policy_loss(logp, logp.detach(), torch.tensor([2.0, -1.0]), mask, clip_eps=0.2, kl_coef=0.0,
+                        ref_logprobs=None, total_tokens=3.0)
+    terms.loss.backward()
+    assert terms.loss.item() == pytest.approx(-1.0) and terms.clipped.item() == 0
+    assert logp.grad.flatten().tolist() == pytest.approx([-2 / 3, -2 / 3, 1 / 3, 0.0])

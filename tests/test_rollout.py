@@ -110,3 +110,17 @@ def test_user_reward_by_import_path_and_length_check(tiny_model_dir, tmp_path, m
     assert compute_reward(reward, rollout).tolist() == rollout.response_mask.sum(-1).float().tolist()
     with pytest.raises(ValueError, match="returned 1 values for 6 responses"):
         compute_reward(resolve_reward("my_rewards:broken"), rollout)
+
+
+def test_rollout_signals_from_the_sampling_pass_equal_a_scoring_pass_per_token(peaky_model_dir):
+    """The trainer takes pi_old signals from the sampler: they must be the scoring pass's numbers, token by token."""
+    prompts = ["1+1=", "12+30="]
+    model, _, rollout = rollout_for(peaky_model_dir, prompts, temperature=0.8, max_new_tokens=7)
+    with torch.no_grad():
+        scored = score_in_batches(SignalModel(model), **rollout.select(slice(None)), batch_size=4, temperature=0.8)
+    mask = rollout.response_mask.bool()
+    assert rollout.signals.logprobs.shape == mask.shape
+    for name in ("logprobs", "self_certainty", "entropy"):
+        ours, theirs = getattr(rollout.signals, name), getattr(scored, name)
+        torch.testing.assert_close(ours[mask], theirs[mask], rtol=1e-4, atol=1e-5)
+        assert torch.all(ours[~mask] == 0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from reference import reference, reference_exact
-from rlif.signals import hidden_signals, logit_signals, masked_mean
+from rlif.signals import block_signals, hidden_signals, logit_signals, masked_mean
 
 
 def assert_close(actual, expected, rtol=1e-5, atol=1e-30):
@@ -104,3 +104,132 @@ def test_masked_mean():
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     assert masked_mean(values, mask).tolist() == [1.5, 4.0]
     assert masked_mean(values, mask, dim=None).item() == pytest.approx(7 / 3)
+
+
+# ---- every fast path against the float64 reference, on odd shapes ------------------------------------------------
+
+ODD_SHAPES = [(1, 1, 2, 1), (7, 3, 5, 3), (33, 17, 131, 8), (50, 8, 1000, 13)]  # (rows, d, V, chunk)
+
+
+@pytest.mark.parametrize("shape", ODD_SHAPES)
+@pytest.mark.parametrize("temperature", [1.0, 0.6, 1.7])
+@pytest.mark.parametrize("logprobs_only", [False, True])
+def test_chunked_paths_on_odd_shapes(shape, temperature, logprobs_only):
+    n, d, vocab, chunk = shape
+    generator = torch.Generator().manual_seed(n * 1000 + vocab)
+    hidden = torch.randn(n, d, generator=generator).mul(2.0).requires_grad_()
+    weight = torch.randn(vocab, d, generator=generator).requires_grad_()
+    bias = torch.randn(vocab, generator=generator).requires_grad_()
+    targets = torch.randint(0, vocab, (n,), generator=generator)
+    upstream = torch.randn(n, generator=generator)
+
+    logprobs, sc, entropy = hidden_signals(
+        hidden, weight, targets, bias=bias, temperature=temperature, chunk_size=chunk, logprobs_only=logprobs_only
+    )
+    (logprobs * upstream).sum().backward()
+
+    h64, w64, b64 = (t.detach().double().requires_grad_() for t in (hidden, weight, bias))
+    ref_logprobs, ref_sc, ref_entropy = reference(h64 @ w64.T + b64, targets, temperature)
+    (ref_logprobs * upstream.double()).sum().backward()
+
+    assert_close(logprobs, ref_logprobs.detach(), rtol=1e-5, atol=1e-5)
+    if logprobs_only:
+        assert sc is None and entropy is None
+    else:
+        assert_close(sc, ref_sc.detach(), rtol=1e-4, atol=1e-5)
+        assert_close(entropy, ref_entropy.detach(), rtol=1e-4, atol=1e-5)
+    for actual, expected in ((hidden.grad, h64.grad), (weight.grad, w64.grad), (bias.grad, b64.grad)):
+        assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.9])
+def test_block_signals_works_in_place_and_returns_the_log_normalizer(temperature):
+    torch.manual_seed(3)
+    logits = torch.randn(9, 301) * 4
+    targets = torch.randint(0, 301, (9,))
+    block = logits.clone()
+    logprobs, sc, entropy, row_max, log_norm_t, _ = block_signals(block, targets, temperature)
+    assert not torch.equal(block, logits)  # the block was used as scratch space
+    assert torch.equal(row_max, logits.max(-1).values)
+    expected_log_norm = torch.logsumexp((logits.double() - row_max.double()[:, None]) / temperature, -1)
+    assert_close(log_norm_t, expected_log_norm, rtol=1e-6)
+    ref_logprobs, ref_sc, ref_entropy = reference(logits, targets, temperature)
+    assert_close(logprobs, ref_logprobs, rtol=1e-5, atol=1e-6)
+    assert_close(sc, ref_sc, rtol=1e-4, atol=2e-6)
+    assert_close(entropy, ref_entropy, rtol=1e-4)
+    only, none_sc, none_entropy, _, log_norm_only, _ = block_signals(logits.clone(), targets, temperature, logprobs_only=True)
+    assert none_sc is None and none_entropy is None
+    assert_close(only, ref_logprobs, rtol=1e-5, atol=1e-6)
+    assert_close(log_norm_only, log_norm_t, rtol=1e-6)
+
+
+def test_logprobs_only_keeps_precision_on_peaked_rows():
+    torch.manual_seed(2)
+    logits = torch.randn(16, 50) * 300
+    targets = logits.argmax(-1)  # log p of the argmax is about -1e-30: only log1p of the rest keeps it
+    ref_logprobs, _, _ = reference_exact(logits, targets, 0.8)
+    logprobs = block_signals(logits.clone(), targets, 0.8, logprobs_only=True).logprobs
+    assert_close(logprobs, ref_logprobs, rtol=1e-5, atol=1e-37)
+
+
+def test_low_precision_matmul_path_matches_the_reference_on_its_rounded_logits():
+    torch.manual_seed(4)
+    n, d, vocab = 21, 24, 517
+    hidden, weight = torch.randn(n, d), torch.randn(vocab, d) * 0.3
+    targets = torch.randint(0, vocab, (n,))
+    logprobs, sc, entropy = hidden_signals(hidden, weight, targets, temperature=0.7, chunk_size=8, compute_dtype=torch.bfloat16)
+    rounded = (hidden.bfloat16() @ weight.bfloat16().T).double()  # the logits the bf16 matmul produced
+    ref_logprobs, ref_sc, ref_entropy = reference(rounded, targets, 0.7)
+    assert_close(logprobs, ref_logprobs, rtol=1e-5, atol=1e-5)
+    assert_close(sc, ref_sc, rtol=1e-4, atol=1e-5)
+    assert_close(entropy, ref_entropy, rtol=1e-4, atol=1e-5)
+
+
+def test_rejects_non_positive_temperature():
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        hidden_signals(torch.randn(2, 4), torch.randn(5, 4), torch.zeros(2, dtype=torch.long), temperature=0.0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.9])
+@pytest.mark.parametrize("logprobs_only", [False, True])
+def test_block_signals_draws_targets_from_its_weights(temperature, logprobs_only):
+    torch.manual_seed(5)
+    logits = torch.randn(6, 77) * 3
+    seen = {}
+
+    def draw(weights):
+        seen["weights"] = weights.clone()
+        return weights.argmin(-1)  # any rule: the point is which weights it sees and that its choice is scored
+
+    drawn = block_signals(logits.clone(), draw, temperature, logprobs_only=logprobs_only)
+    expected_weights = torch.exp((logits.double() - logits.double().max(-1, keepdim=True).values) / temperature)
+    assert_close(seen["weights"], expected_weights, rtol=1e-5)
+    assert torch.equal(drawn.targets, expected_weights.argmin(-1))
+    ref_logprobs, ref_sc, ref_entropy = reference(logits, drawn.targets, temperature)
+    assert_close(drawn.logprobs, ref_logprobs, rtol=1e-5, atol=1e-6)
+    if not logprobs_only:
+        assert_close(drawn.self_certainty, ref_sc, rtol=1e-4, atol=2e-6)
+        assert_close(drawn.entropy, ref_entropy, rtol=1e-4)
+
+
+def test_peaked_rows_at_a_temperature_keep_relative_precision():
+    torch.manual_seed(6)
+    logits = torch.randn(12, 40) * 60
+    targets = torch.cat([logits[:6].argmax(-1), torch.randint(0, 40, (6,))])  # the argmax (log p ~ -tiny) and others
+    logprobs, sc, entropy = logit_signals(logits, targets, 0.8)
+    ref_logprobs, ref_sc, ref_entropy = reference_exact(logits, targets, 0.8)
+    assert_close(logprobs, ref_logprobs, rtol=1e-5, atol=1e-37)
+    assert_close(sc, ref_sc, rtol=1e-6)
+    assert_close(entropy, ref_entropy, rtol=1e-4, atol=1e-37)
+
+
+def test_backend_choice_is_validated():
+    from rlif import triton_signals
+
+    args = (torch.randn(2, 4), torch.randn(5, 4), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="backend must be"):
+        hidden_signals(*args, backend="cuda")
+    if not triton_signals.available():
+        with pytest.raises(ImportError, match="needs the triton package"):
+            hidden_signals(*args, backend="triton")
+    torch.testing.assert_close(hidden_signals(*args, backend="auto")[0], hidden_signals(*args, backend="torch")[0])

@@ -136,7 +136,7 @@ class TrainConfig:
     micro_batch_size: int = 8
     """Sequences per forward/backward of the update (gradient accumulation over the step's batch)."""
     score_batch_size: int = 16
-    """Sequences per no-grad scoring forward (old log-probs, self-certainty, reference log-probs)."""
+    """Sequences per no-grad forward of the reference model (its log-probs for the KL term)."""
     chunk_tokens: int = 2048
     """Tokens per chunk of the vocabulary projection (bounds the float32 logits held at once)."""
     seed: int = 0

@@ -68,7 +68,7 @@ def compute_reward(reward: Reward, rollout: Rollout) -> Tensor:
 def self_certainty_reward(rollout: Rollout) -> Tensor:
     """INTUITOR: mean self-certainty KL(U || p_t) over response tokens, from the policy that sampled them.
 
-    Read from the scoring pass that also produced the old log-probs: no extra forward.
+    Read from the sampling pass (the logits that drew each token also score it): no extra forward.
     """
     return masked_mean(rollout.signals.self_certainty, rollout.response_mask)  # (N,)
 

@@ -53,7 +53,7 @@ class Rollout:
     labels: Sequence[str | None] = ()  # N reference answers, or HiddenLabels
     answers: list[str | None] = field(default_factory=list)  # N final answers extracted from the completions
     answer_format: AnswerFormat = MATH  # how answers are extracted and compared
-    signals: TokenSignals | None = None  # (N, T) pi_old log-probs, self-certainty, entropy
+    signals: TokenSignals | None = None  # (N, T) log-probs, self-certainty, entropy of pi_old, from the sampling pass
     ref_logprobs: Tensor | None = None  # (N, T) reference-model log-probs, None when kl_coef == 0
     extras: dict = field(default_factory=dict)  # per-reward state (e.g. offline signals), keyed by name
 
@@ -109,6 +109,8 @@ def generate_rollout(
 
     `prompt_keys` name the prompts in the random stream (the training loop passes their dataset index
     and derives `seed` from the step), so a prompt gets the same responses on any number of processes.
+    `rollout.signals` (per-token log-prob at `temperature`, self-certainty, entropy) come from the
+    sampling pass itself: the logits that drew each token also score it, so no forward is repeated.
     """
     encoded = [tokenizer(text, add_special_tokens=False).input_ids for text in rendered_prompts]
     samples = sample(
@@ -122,6 +124,7 @@ def generate_rollout(
         seed=seed,
         prompt_keys=prompt_keys,
         batch_size=batch_size,
+        track_signals=True,
         progress=progress,
     )
     rows = [i for i in range(len(encoded)) for _ in range(group_size)]  # group members contiguous
@@ -142,6 +145,7 @@ def generate_rollout(
         labels=[labels[i] for i in rows] if labels else [None] * len(rows),
         answers=[answer_format.extract(text) for text in completions],
         answer_format=answer_format,
+        signals=samples.token_signals,  # (N, T): the same right-padded layout as response_ids
     )
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rlif.signals import logit_signals
+from rlif.signals import TokenSignals, block_signals
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -48,13 +48,23 @@ def draw_tokens(logits: Tensor, uniforms: Tensor, temperature: float, top_p: flo
 
     logits: (A, V); uniforms: (A,) in [0, 1). Returns (A,) token ids.
     """
-    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (A, V)
-    order = None
+    z = logits.float()  # (A, V)
+    weights = (z - z.max(dim=-1, keepdim=True).values).mul_(1.0 / temperature).exp_()  # (A, V)
+    return draw_from_weights(weights, uniforms, top_p)
+
+
+def draw_from_weights(weights: Tensor, uniforms: Tensor, top_p: float = 1.0, cdf_out: Tensor | None = None) -> Tensor:
+    """Inverse-CDF draw from unnormalized weights (A, V) >= 0 (the draw scales by their total); `weights` is kept.
+
+    `cdf_out` (A, V), when given, holds the CDF (a reused block: on CPU a fresh one costs page faults).
+    """
+    probs, order = weights, None
     if top_p < 1.0:
+        probs = weights / weights.sum(-1, keepdim=True)  # the nucleus threshold is on normalized mass
         probs, order = probs.sort(dim=-1, descending=True)  # (A, V)
         mass_before = probs.cumsum(-1) - probs  # (A, V): mass of strictly more likely tokens
         probs = probs.masked_fill(mass_before >= top_p, 0.0)  # the most likely token always stays
-    cdf = probs.cumsum(-1)  # (A, V)
+    cdf = torch.cumsum(probs, -1, out=cdf_out) if cdf_out is not None else probs.cumsum(-1)  # (A, V)
     target = uniforms.to(cdf.dtype)[:, None] * cdf[:, -1:]  # (A, 1), scaled: no renormalization needed
     tokens = torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[-1] - 1)  # (A, 1)
     tokens = _skip_zero_mass(tokens, probs)
@@ -84,6 +94,13 @@ class Samples:
     self_certainty: Tensor | None = None  # (rows,) mean over response tokens, temperature 1
     entropy: Tensor | None = None  # (rows,)
     logprob: Tensor | None = None  # (rows,) mean log-prob of the sampled tokens at the sampling temperature
+    token_signals: TokenSignals | None = None  # (rows, longest response) per token, 0 after each response
+
+    def response_mask(self) -> Tensor:
+        """(rows, longest response) 1 on the tokens of each response, as `token_signals` is laid out."""
+        lengths = torch.tensor([len(r) for r in self.responses])  # (rows,)
+        width = max(1, int(lengths.max())) if len(self.responses) else 1
+        return (torch.arange(width)[None, :] < lengths[:, None]).long()  # (rows, width)
 
 
 def _cache_argument(model) -> str:
@@ -119,9 +136,11 @@ def sample(
     device = next(model.parameters()).device
     keys = np.asarray(prompt_keys if prompt_keys is not None else range(len(prompts)), dtype=np.int64)
     rows = len(prompts) * num_samples
-    responses: list[list[int]] = [[] for _ in range(rows)]
-    truncated = [False] * rows
-    sums = torch.zeros(rows, 3, dtype=torch.float64)  # logprob, self-certainty, entropy
+    # Written one step at a time with one indexing op each: no per-row Python work per token.
+    tokens_out = torch.zeros(rows, max_new_tokens, dtype=torch.long)  # (rows, max_new_tokens)
+    lengths = torch.zeros(rows, dtype=torch.long)  # (rows,)
+    truncated = torch.zeros(rows, dtype=torch.bool)  # (rows,)
+    per_token = torch.zeros(rows, max_new_tokens, 3) if track_signals else None  # logprob, self-certainty, entropy
     eos = torch.tensor(list(eos_ids), device=device)
     cache_kw = _cache_argument(model)
     was_training = model.training
@@ -153,6 +172,8 @@ def sample(
         row_ids = torch.tensor([i * num_samples + j for i in batch for j in range(num_samples)])  # (A,) output rows
         row_keys = np.repeat(keys[batch], num_samples)  # (A,)
         row_sample = np.tile(np.arange(num_samples), len(batch))  # (A,)
+        # Two (A, V) float32 blocks reused by every step of this batch: the draw's weights and its CDF.
+        scratch = torch.empty(2, *logits.shape, device=device) if track_signals else None
 
         # ---- decode: draw, record, drop finished rows, extend ----
         for t in range(max_new_tokens):
@@ -160,17 +181,21 @@ def sample(
                 tokens = logits.argmax(-1)  # (A,)
             else:
                 uniforms = torch.from_numpy(keyed_uniform(seed, row_keys, row_sample, t)).to(device)
-                tokens = draw_tokens(logits, uniforms, temperature, top_p)  # (A,)
             if track_signals:
-                step_signals = logit_signals(logits, tokens, 1.0 if greedy else temperature)
-                sums[row_ids] += torch.stack(step_signals, -1).double().cpu()
-            tokens_cpu = tokens.tolist()
-            for r, token in zip(row_ids.tolist(), tokens_cpu):
-                responses[r].append(token)
+                # In place on this step's logits (not needed again); one exp((z - max) / T) serves the draw
+                # and the log-prob.
+                num_rows = logits.shape[0]
+                draw = tokens if greedy else (lambda weights: draw_from_weights(weights, uniforms, top_p, scratch[1, :num_rows]))
+                step = block_signals(logits.float(), draw, 1.0 if greedy else temperature, scratch=scratch[0, :num_rows])
+                tokens = step.targets  # (A,)
+                per_token[row_ids, t] = torch.stack([step.logprobs, step.self_certainty, step.entropy], -1).cpu()
+            elif not greedy:
+                tokens = draw_tokens(logits, uniforms, temperature, top_p)  # (A,)
+            tokens_out[row_ids, t] = tokens.cpu()
+            lengths[row_ids] = t + 1
             finished = torch.isin(tokens, eos)  # (A,)
             if t == max_new_tokens - 1:
-                for r, done in zip(row_ids.tolist(), finished.tolist()):
-                    truncated[r] = not done
+                truncated[row_ids] = ~finished.cpu()
                 if progress is not None:
                     progress.update(len(row_ids))
                 break
@@ -196,9 +221,12 @@ def sample(
             next_position = next_position + 1
     model.train(was_training)
 
-    samples = Samples(responses=responses, truncated=truncated, num_samples=num_samples)
+    responses = [tokens_out[r, :n].tolist() for r, n in enumerate(lengths.tolist())]
+    samples = Samples(responses=responses, truncated=truncated.tolist(), num_samples=num_samples)
     if track_signals:
-        lengths = torch.tensor([max(1, len(r)) for r in responses], dtype=torch.float64)
-        means = (sums / lengths[:, None]).float()
+        width = max(1, int(lengths.max())) if rows else 1
+        per_token = per_token[:, :width]  # (rows, T), zero after each response
+        samples.token_signals = TokenSignals(per_token[..., 0], per_token[..., 1], per_token[..., 2])
+        means = (per_token.double().sum(1) / lengths.clamp(min=1)[:, None]).float()  # (rows, 3)
         samples.logprob, samples.self_certainty, samples.entropy = means[:, 0], means[:, 1], means[:, 2]
     return samples

@@ -66,7 +66,9 @@ class SignalModel(nn.Module):
         response_ids: Tensor,  # (B, T) right-padded
         response_mask: Tensor,  # (B, T)
         temperature: float = 1.0,
+        logprobs_only: bool = False,
     ) -> TokenSignals:
+        """Signals at response positions; with `logprobs_only`, self-certainty and entropy are None (cheaper)."""
         input_ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, P+T)
         attention_mask = torch.cat([prompt_mask, response_mask], dim=1)  # (B, P+T)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P+T), as `generate` numbers them
@@ -85,8 +87,9 @@ class SignalModel(nn.Module):
             temperature=temperature,
             chunk_size=self.chunk_size,
             compute_dtype=dtype,
+            logprobs_only=logprobs_only,
         )
-        return TokenSignals(*(_scatter_rows(values, rows) for values in (logprobs, self_certainty, entropy)))
+        return TokenSignals(*(None if values is None else _scatter_rows(values, rows) for values in (logprobs, self_certainty, entropy)))
 
 
 def _scatter_rows(values: Tensor, rows: Tensor) -> Tensor:

@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
+
+from rlif import triton_signals
 
 DEFAULT_CHUNK_TOKENS = 2048
 
@@ -37,89 +40,195 @@ class TokenSignals:
     """Signals at response positions, zero where `response_mask` is 0."""
 
     logprobs: Tensor  # (B, T) log-prob of the sampled token at the rollout temperature
-    self_certainty: Tensor  # (B, T) KL(U || p_t), temperature 1
-    entropy: Tensor  # (B, T) H(p_t), temperature 1
+    self_certainty: Tensor | None  # (B, T) KL(U || p_t), temperature 1 (None when only log-probs were computed)
+    entropy: Tensor | None  # (B, T) H(p_t), temperature 1
 
 
 def logit_signals(logits: Tensor, targets: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
     """(log-prob of target at `temperature`, self-certainty, entropy) for each row of `logits`.
 
     logits: (N, V) any float dtype; targets: (N,) int64. Returns three (N,) float32 tensors
-    (float64 for float64 logits).
+    (float64 for float64 logits). `logits` is not modified.
     """
-    z = logits.to(_signal_dtype(logits.dtype))  # (N, V)
+    z = logits.to(_signal_dtype(logits.dtype), copy=True)  # (N, V), consumed below
+    block = block_signals(z, targets, temperature)
+    return block.logprobs, block.self_certainty, block.entropy
+
+
+class BlockSignals(NamedTuple):
+    logprobs: Tensor  # (N,) log-prob of the target at temperature T
+    self_certainty: Tensor | None  # (N,) temperature 1; None when only log-probs were asked for
+    entropy: Tensor | None  # (N,) temperature 1
+    row_max: Tensor  # (N,) max_j z_j
+    log_norm_t: Tensor  # (N,) logsumexp((z - row_max) / T), between 0 and log V
+    targets: Tensor  # (N,) the scored tokens (drawn here when `targets` was a function)
+
+
+def block_signals(
+    z: Tensor,
+    targets: Tensor | Callable[[Tensor], Tensor],
+    temperature: float = 1.0,
+    *,
+    logprobs_only: bool = False,
+    scratch: Tensor | None = None,
+) -> BlockSignals:
+    """`logit_signals` on a float32/float64 block of logits (N, V) that it overwrites.
+
+    One more (N, V) block is used, `scratch` when given (reuse one: on CPU a fresh block costs more
+    in page faults than an exp pass over it); none with `logprobs_only` and given targets, which
+    skips self-certainty and entropy. `targets` may be a function that draws them from the
+    unnormalized weights exp((z - max) / T) (the sampler: one exp serves the draw and the log-prob).
+    `row_max` and `log_norm_t` let a backward pass rebuild
+    softmax(z / T) = exp((z - row_max) / T - log_norm_t) with one exp and the forward's rounding.
+    """
     vocab_size = z.shape[-1]
+    inv_t = 1.0 / temperature
     z_max, argmax = z.max(dim=-1, keepdim=True)  # (N, 1)
-    s = z - z_max  # (N, V), <= 0
-    exp_s = s.exp()  # (N, V)
-    rest = exp_s.scatter(-1, argmax, 0.0).sum(-1)  # (N,) sum of exp(s) without the max term
-    log_norm = torch.log1p(rest)  # (N,) logsumexp(z) - max(z)
-    self_certainty = log_norm - s.mean(-1) - math.log(vocab_size)  # (N,)
-    entropy = log_norm - (exp_s * s).sum(-1) / (1.0 + rest)  # (N,)
+    s = z.sub_(z_max)  # (N, V), <= 0, in place
+    if logprobs_only and not callable(targets):
+        s_target = s.gather(-1, targets[:, None]).squeeze(-1)  # (N,)
+        weights_t = s.mul_(inv_t).exp_() if temperature != 1.0 else s.exp_()  # (N, V) exp(s / T), in place
+        rest_t = weights_t.scatter_(-1, argmax, 0.0).sum(-1)  # (N,) without the max term (exactly 1)
+        log_norm_t = torch.log1p(rest_t)  # (N,) logsumexp(s / T); log1p keeps peaked rows precise
+        return BlockSignals(s_target * inv_t - log_norm_t, None, None, z_max.squeeze(-1), log_norm_t, targets)
+    mean_s = None if logprobs_only else s.mean(-1)  # (N,)
+    weights_t = torch.empty_like(s) if scratch is None else scratch  # (N, V), the one extra block
+    weights_t = torch.exp(s, out=weights_t) if temperature == 1.0 else torch.mul(s, inv_t, out=weights_t).exp_()
+    if callable(targets):
+        targets = targets(weights_t)  # (N,), reads the weights and leaves them as they are
     s_target = s.gather(-1, targets[:, None]).squeeze(-1)  # (N,)
-    if temperature == 1.0:
-        logprobs = s_target - log_norm
-    else:
-        logprobs = s_target / temperature - torch.logsumexp(s / temperature, dim=-1)
-    return logprobs, self_certainty, entropy
+    rest_t = weights_t.scatter_(-1, argmax, 0.0).sum(-1)  # (N,) without the max term (exactly 1)
+    log_norm_t = torch.log1p(rest_t)  # (N,) logsumexp(s / T); log1p keeps peaked rows precise
+    logprobs = s_target * inv_t - log_norm_t  # (N,)
+    self_certainty = entropy = None
+    if not logprobs_only:
+        if temperature == 1.0:
+            exp_s, rest, log_norm = weights_t, rest_t, log_norm_t
+        else:
+            exp_s = torch.exp(s, out=weights_t).scatter_(-1, argmax, 0.0)  # (N, V), reuses the block
+            rest = exp_s.sum(-1)  # (N,) sum of exp(s) without the max term
+            log_norm = torch.log1p(rest)  # (N,) logsumexp(z) - max(z)
+        self_certainty = log_norm - mean_s - math.log(vocab_size)  # (N,)
+        entropy = log_norm - exp_s.mul_(s).sum(-1) / (1.0 + rest)  # (N,); the max term has s = 0
+    return BlockSignals(logprobs, self_certainty, entropy, z_max.squeeze(-1), log_norm_t, targets)
 
 
 def _signal_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _chunk_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, compute_dtype: torch.dtype) -> Tensor:
-    logits = hidden.to(compute_dtype) @ weight.to(compute_dtype).T  # (n, V)
-    if bias is not None:
-        logits = logits + bias.to(compute_dtype)
-    return logits
+def _chunk_logits(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, compute_dtype: torch.dtype, out: Tensor, spare: Tensor | None = None
+) -> Tensor:
+    """Logits of `hidden` (n, d) written into `out` (n, V), float32 (float64 for float64) whatever the matmul's dtype.
+
+    With `spare` (a free block of at least n * V elements), the matmul runs as weight @ hidden.T into it and is
+    transposed into `out`: on CPU that is faster than hidden @ weight.T for chunks of a few hundred rows.
+    """
+    hidden, weight = hidden.to(compute_dtype), weight.to(compute_dtype)
+    bias = None if bias is None else bias.to(compute_dtype)
+    if spare is not None and out.dtype == compute_dtype:
+        columns = spare.reshape(-1)[: out.numel()].view(out.shape[1], out.shape[0])  # (V, n)
+        out.copy_(torch.mm(weight, hidden.T, out=columns).T)
+        return out if bias is None else out.add_(bias)
+    if out.dtype != compute_dtype:  # bf16/fp16 matmul: round once, then widen into the float32 block
+        out.copy_(hidden @ weight.T if bias is None else torch.addmm(bias, hidden, weight.T))
+    elif bias is None:
+        torch.mm(hidden, weight.T, out=out)
+    else:
+        torch.addmm(bias, hidden, weight.T, out=out)
+    return out
 
 
 class _ChunkedSignals(torch.autograd.Function):
-    """Signals for rows of hidden states; gradient flows through the log-prob only."""
+    """Signals for rows of hidden states; gradient flows through the log-prob only.
+
+    Two (chunk, V) float32 blocks (one with `logprobs_only` on GPU) are allocated once and reused by
+    every chunk (on CPU a fresh block costs more than a pass over it): the matmul writes the chunk's
+    logits into the first, and the signals are computed in place with the second as scratch. With
+    the Triton backend, one block in the matmul's dtype is all. The forward keeps each row's max and log-normalizer (2N
+    floats), so the backward rebuilds each chunk's softmax(z / T) from one recomputed matmul and one
+    exp, in the matmul's own block.
+    """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, temperature, chunk_size, compute_dtype):
-        n = hidden.shape[0]
-        logprobs = torch.empty(n, dtype=_signal_dtype(compute_dtype), device=hidden.device)
-        self_certainty = torch.empty_like(logprobs)
-        entropy = torch.empty_like(logprobs)
+    def forward(ctx, hidden, weight, bias, targets, temperature, chunk_size, compute_dtype, logprobs_only, use_triton):
+        n, vocab = hidden.shape[0], weight.shape[0]
+        out_dtype = _signal_dtype(compute_dtype)
+        logprobs = torch.empty(n, dtype=out_dtype, device=hidden.device)
+        row_max, log_norm_t = torch.empty_like(logprobs), torch.empty_like(logprobs)
+        self_certainty = None if logprobs_only else torch.empty_like(logprobs)
+        entropy = None if logprobs_only else torch.empty_like(logprobs)
+        rows_per_block = min(chunk_size, n)
+        # Triton reduces the matmul's own output (bf16 on GPU): no float32 block at all.
+        block_dtype = compute_dtype if use_triton else out_dtype
+        logits_block = torch.empty(rows_per_block, vocab, dtype=block_dtype, device=hidden.device)  # (c, V)
+        on_cpu = hidden.device.type == "cpu"
+        scratch = None if (logprobs_only and not on_cpu) or use_triton else torch.empty_like(logits_block)  # (c, V)
+        weight_c = weight.to(compute_dtype)  # converted once, not per chunk
+        bias_c = None if bias is None else bias.to(compute_dtype)
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             for start in range(0, n, chunk_size):
                 rows = slice(start, start + chunk_size)
-                logits = _chunk_logits(hidden[rows], weight, bias, compute_dtype)  # (c, V)
-                logprobs[rows], self_certainty[rows], entropy[rows] = logit_signals(logits, targets[rows], temperature)
-        ctx.save_for_backward(hidden, weight, bias, targets)
-        ctx.temperature, ctx.chunk_size, ctx.compute_dtype = temperature, chunk_size, compute_dtype
+                c = hidden[rows].shape[0]
+                z = _chunk_logits(hidden[rows], weight_c, bias_c, compute_dtype, logits_block[:c], scratch if on_cpu else None)
+                if use_triton:
+                    block = BlockSignals(*triton_signals.forward(z, targets[rows], temperature, logprobs_only), targets[rows])
+                else:
+                    block = block_signals(z, targets[rows], temperature, logprobs_only=logprobs_only, scratch=None if scratch is None else scratch[:c])
+                logprobs[rows], row_max[rows], log_norm_t[rows] = block.logprobs, block.row_max, block.log_norm_t
+                if not logprobs_only:
+                    self_certainty[rows], entropy[rows] = block.self_certainty, block.entropy
+        ctx.save_for_backward(hidden, weight, bias, targets, row_max, log_norm_t)
+        ctx.temperature, ctx.chunk_size, ctx.compute_dtype, ctx.use_triton = temperature, chunk_size, compute_dtype, use_triton
+        if logprobs_only:
+            return logprobs
         ctx.mark_non_differentiable(self_certainty, entropy)
         return logprobs, self_certainty, entropy
 
     @staticmethod
-    def backward(ctx, grad_logprobs, _grad_sc, _grad_entropy):
-        hidden, weight, bias, targets = ctx.saved_tensors
+    def backward(ctx, grad_logprobs, *_grad_signals):
+        hidden, weight, bias, targets, row_max, log_norm_t = ctx.saved_tensors
         temperature, chunk_size, dtype = ctx.temperature, ctx.chunk_size, ctx.compute_dtype
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         accumulate = _signal_dtype(dtype)
         grad_weight = torch.zeros(weight.shape, dtype=accumulate, device=weight.device) if need_weight else None
         grad_bias = torch.zeros(weight.shape[0], dtype=accumulate, device=weight.device) if need_bias else None
+        rows_per_block = min(chunk_size, hidden.shape[0])
+        use_triton = ctx.use_triton
+        block_dtype = dtype if use_triton else accumulate  # Triton writes the gradient over the matmul's own output
+        grad_block = torch.empty(rows_per_block, weight.shape[0], dtype=block_dtype, device=hidden.device)  # (c, V)
+        low_block = torch.empty(grad_block.shape, dtype=dtype, device=hidden.device) if block_dtype != dtype else None
+        spare = torch.empty_like(grad_block) if hidden.device.type == "cpu" and low_block is None else None  # (c, V)
+        weight_c = weight.to(dtype)  # converted once, not per chunk
+        bias_c = None if bias is None else bias.to(dtype)
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             for start in range(0, hidden.shape[0], chunk_size):
                 rows = slice(start, start + chunk_size)
-                z = _chunk_logits(hidden[rows], weight, bias, dtype).to(accumulate) / temperature  # (c, V)
-                # d logp / d z = (onehot(target) - softmax(z / T)) / T
-                grad_z = -torch.softmax(z, dim=-1)  # (c, V)
-                grad_z.scatter_add_(-1, targets[rows, None], torch.ones_like(grad_z[:, :1]))
-                grad_z *= grad_logprobs[rows, None] / temperature
+                hidden_c = hidden[rows].to(dtype)  # (c, d)
+                c = hidden_c.shape[0]
+                scale = (grad_logprobs[rows] / temperature).to(accumulate)[:, None]  # (c, 1)
+                # d logp / d z = (onehot(target) - softmax(z / T)) / T, built in the logits' own block
+                grad_z = _chunk_logits(hidden_c, weight_c, bias_c, dtype, grad_block[:c], spare)  # (c, V)
+                if use_triton:
+                    triton_signals.backward_in_place(grad_z, targets[rows], temperature, row_max[rows], log_norm_t[rows], grad_logprobs[rows])
+                else:
+                    grad_z.sub_(row_max[rows, None]).mul_(1.0 / temperature).sub_(log_norm_t[rows, None]).exp_()  # softmax(z / T)
+                    grad_z.mul_(-scale).scatter_add_(-1, targets[rows, None], scale)
+                grad_z_c = grad_z if low_block is None else low_block[:c].copy_(grad_z)  # (c, V) in the matmul dtype
                 if need_hidden:
-                    grad_hidden[rows] = (grad_z.to(dtype) @ weight.to(dtype)).to(hidden.dtype)
+                    grad_hidden[rows] = (grad_z_c @ weight_c).to(hidden.dtype)
                 if need_weight:
-                    grad_weight += grad_z.T @ hidden[rows].to(accumulate)
+                    if grad_z_c.dtype == accumulate:
+                        grad_weight.addmm_(grad_z_c.T, hidden_c)  # (V, d), accumulated in place
+                    else:
+                        grad_weight += (grad_z_c.T @ hidden_c).to(accumulate)  # low-precision matmul, float32 sum
                 if need_bias:
-                    grad_bias += grad_z.sum(0)
+                    grad_bias += grad_z.sum(0, dtype=accumulate)
         grad_weight = grad_weight.to(weight.dtype) if need_weight else None
         grad_bias = grad_bias.to(bias.dtype) if need_bias else None
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None
 
 
 def hidden_signals(
@@ -131,16 +240,34 @@ def hidden_signals(
     temperature: float = 1.0,
     chunk_size: int = DEFAULT_CHUNK_TOKENS,
     compute_dtype: torch.dtype | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
+    logprobs_only: bool = False,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Signals for N rows of final hidden states (N, d) against an lm_head weight (V, d).
 
-    Peak extra memory is a few (chunk_size, V) float32 blocks whatever N is; the log-prob is
-    differentiable with respect to `hidden`, `weight` and `bias`.
+    Peak extra memory is two (chunk_size, V) float32 blocks whatever N is (one with `logprobs_only` on GPU,
+    which returns None for self-certainty and entropy and skips their passes; plus, for bf16/fp16
+    matmuls, the chunk's logits in that dtype). The log-prob is differentiable with respect to `hidden`,
+    `weight` and `bias`.
+
+    backend: "torch" (the reference, any device), "triton" (rlif.triton_signals: one pass per row over the
+    matmul's own output, no float32 block; CUDA, or CPU under TRITON_INTERPRET=1 for tests) or "auto"
+    (triton on CUDA when it imports, else torch).
     """
     if hidden.ndim != 2 or targets.shape != hidden.shape[:1]:
         raise ValueError(f"expected hidden (N, d) and targets (N,), got {tuple(hidden.shape)} and {tuple(targets.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     dtype = compute_dtype or hidden.dtype
-    return _ChunkedSignals.apply(hidden, weight, bias, targets, float(temperature), int(chunk_size), dtype)
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
+    if backend == "triton" and not triton_signals.available():
+        raise ImportError("backend='triton' needs the triton package")
+    use_triton = backend == "triton" or (backend == "auto" and hidden.is_cuda and dtype != torch.float64 and triton_signals.available())
+    args = (hidden, weight, bias, targets, float(temperature), int(chunk_size), dtype, logprobs_only, use_triton)
+    if logprobs_only:
+        return _ChunkedSignals.apply(*args), None, None
+    return _ChunkedSignals.apply(*args)
 
 
 def masked_mean(values: Tensor, mask: Tensor, dim: int | None = -1) -> Tensor:

@@ -1,10 +1,18 @@
 """The INTUITOR / GRPO training loop.
 
 One step, top to bottom:
-    sample prompts -> G responses each (HF generate) -> score (one no-grad pass: old log-probs,
-    self-certainty, entropy; a second for reference log-probs) -> reward -> group-normalized
-    advantages -> PPO-clip loss + beta * k3 KL, token mean -> AdamW step (grad clip, schedule).
+    sample prompts -> G responses each (our KV-cache sampler; the sampling pass also gives each
+    token's log-prob, self-certainty and entropy) -> reference log-probs (one no-grad pass) ->
+    reward -> group-normalized advantages -> PPO-clip loss + beta * k3 KL, token mean -> AdamW step
+    (grad clip, schedule).
 The method is the reward: `reward.name: self_certainty` is INTUITOR, `correctness` is GRPO.
+
+Why self-certainty costs nothing: there is exactly one optimizer update per step, so the weights of
+the update's forward are the weights that sampled the rollout (pi_old = pi_theta). The PPO ratio's
+denominator is therefore the update's own log-prob, detached (ratio 1, as TRL does with one
+iteration), and no no-grad pass of the policy is needed for it. Self-certainty (and the logged
+entropy and log-prob) come from the logits the sampler computes anyway, so INTUITOR runs exactly the
+passes a model-free reward runs (sampling, reference, update); `bench/step.py` measures both.
 
 Departures from the paper, and the choices it leaves open:
 - Log-probs for the PPO ratio and the KL use the sampling temperature (the behaviour policy);
@@ -270,11 +278,9 @@ def train(config: Config) -> Path:
             )
         generate_end = time.perf_counter()
 
-        # ---- 3. score: pi_old log-probs + self-certainty + entropy in one no-grad pass --------
+        # ---- 3. score: reference log-probs (the policy's signals came with the samples) -----------
         score_args = dict(batch_size=cfg_train.score_batch_size, temperature=cfg_rollout.temperature)
         tensors = rollout.select(slice(None))
-        signal_model.eval()
-        rollout.signals = score_in_batches(signal_model, **tensors, **score_args)
         if reference is not None:
             with accelerator.autocast(), reference.scoring(signal_model) as ref_model:
                 rollout.ref_logprobs = score_in_batches(ref_model, **tensors, **score_args).logprobs
@@ -297,10 +303,10 @@ def train(config: Config) -> Path:
             mb = trim_padding(*rollout.select(rows).values())
             width = mb[2].shape[1]
             with _maybe_no_sync(accelerator, signal_model, last=i == len(micro_batches) - 1):
-                signals = signal_model(*(t.to(accelerator.device) for t in mb), temperature=cfg_rollout.temperature)
+                signals = signal_model(*(t.to(accelerator.device) for t in mb), temperature=cfg_rollout.temperature, logprobs_only=True)
                 terms = policy_loss(
                     signals.logprobs,
-                    rollout.signals.logprobs[rows, :width].to(accelerator.device),
+                    signals.logprobs.detach(),  # pi_old: one update per step, so the weights that sampled are these
                     advantages[rows].to(accelerator.device),
                     mb[3].to(accelerator.device),
                     clip_eps=cfg_train.clip_eps,

@@ -1,0 +1,93 @@
+"""GPU paths against the CPU/float64 references. Skipped without CUDA; `bench/gpu_check.sh` runs them on a GPU."""
+
+import pytest
+import torch
+
+from reference import reference
+from rlif.signals import hidden_signals
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check.sh)")
+
+
+def assert_close(actual, expected, rtol, atol):
+    actual, expected = actual.double().cpu(), expected.double().cpu()
+    assert torch.all((actual - expected).abs() <= atol + rtol * expected.abs()), (actual - expected).abs().max()
+
+
+@pytest.mark.parametrize("compute_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [1.0, 0.9])
+@pytest.mark.parametrize("logprobs_only", [False, True])
+def test_hidden_signals_on_cuda_match_the_float64_reference(compute_dtype, temperature, logprobs_only):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    generator = torch.Generator().manual_seed(0)
+    n, d, vocab, chunk = 301, 64, 5003, 128
+    hidden = torch.randn(n, d, generator=generator)
+    weight = torch.randn(vocab, d, generator=generator) * 0.3
+    targets = torch.randint(0, vocab, (n,), generator=generator)
+    upstream = torch.randn(n, generator=generator)
+    h, w = hidden.cuda().requires_grad_(), weight.cuda().requires_grad_()
+    logprobs, sc, entropy = hidden_signals(h, w, targets.cuda(), temperature=temperature, chunk_size=chunk,
+                                           compute_dtype=compute_dtype, logprobs_only=logprobs_only)
+    (logprobs * upstream.cuda()).sum().backward()
+    # The reference sees the logits the GPU matmul rounded to (bf16 rounds them; float32 does not).
+    h64, w64 = hidden.double().requires_grad_(), weight.double().requires_grad_()
+    logits64 = h64 @ w64.T
+    if compute_dtype == torch.bfloat16:
+        w16 = weight.cuda().bfloat16()
+        rounded = torch.cat([(h16 @ w16.T).double().cpu() for h16 in hidden.cuda().bfloat16().split(chunk)])  # as chunked
+        logits64 = logits64 + (rounded - logits64).detach()  # bf16 values, float64 gradient
+    ref_logprobs, ref_sc, ref_entropy = reference(logits64, targets, temperature)
+    (ref_logprobs * upstream.double()).sum().backward()
+    assert_close(logprobs, ref_logprobs.detach(), rtol=1e-5, atol=1e-5)
+    if not logprobs_only:
+        assert_close(sc, ref_sc.detach(), rtol=1e-4, atol=1e-5)
+        assert_close(entropy, ref_entropy.detach(), rtol=1e-4, atol=1e-5)
+    loose = compute_dtype == torch.bfloat16  # bf16 gradient matmuls
+    assert_close(h.grad, h64.grad, rtol=2e-2 if loose else 1e-4, atol=2e-2 if loose else 1e-4)
+    assert_close(w.grad, w64.grad, rtol=2e-2 if loose else 1e-4, atol=2e-2 if loose else 1e-4)
+
+
+def test_sampler_on_cuda_matches_the_scoring_pass_and_hf_greedy(tiny_model_dir):
+    from rlif.models import eos_token_ids, load_model, load_tokenizer
+    from rlif.sampling import sample
+    from rlif.score import pad_pairs
+    from rlif.scoring import SignalModel
+
+    model, tokenizer = load_model(str(tiny_model_dir)).cuda().eval(), load_tokenizer(str(tiny_model_dir))
+    eos = eos_token_ids(tokenizer, model)
+    prompts = [tokenizer(p, add_special_tokens=False).input_ids for p in ["1+2=", "123+45=", "7="]]
+    samples = sample(model, prompts, num_samples=3, max_new_tokens=9, eos_ids=eos, temperature=0.8, seed=2, track_signals=True)
+    batch = pad_pairs([prompts[i // 3] for i in range(9)], samples.responses, tokenizer.pad_token_id)
+    with torch.no_grad():
+        scored = SignalModel(model)(*(t.cuda() for t in batch), temperature=0.8)
+    mask = batch[3].bool()
+    for name in ("logprobs", "self_certainty", "entropy"):
+        ours = getattr(samples.token_signals, name)[:, : mask.shape[1]]
+        torch.testing.assert_close(ours[mask], getattr(scored, name).cpu()[mask], rtol=1e-4, atol=1e-4)
+    greedy = sample(model, prompts, max_new_tokens=8, eos_ids=eos, greedy=True)
+    for prompt, response in zip(prompts, greedy.responses):
+        out = model.generate(torch.tensor([prompt]).cuda(), do_sample=False, max_new_tokens=8, eos_token_id=eos, pad_token_id=0)
+        expected = out[0, len(prompt):].tolist()
+        expected = expected[: expected.index(eos[0]) + 1] if eos[0] in expected else expected
+        assert response == expected
+
+
+def test_training_steps_on_cuda(tmp_path, tiny_model_dir, addition_data):
+    import yaml
+
+    from rlif.config import load_config
+    from rlif.runlog import read_jsonl
+    from rlif.train import train
+
+    raw = {
+        "model": {"path": str(tiny_model_dir)},
+        "data": {"path": str(addition_data), "system_prompt": None},
+        "rollout": {"group_size": 4, "max_new_tokens": 12, "temperature": 1.0, "generation_batch_size": 16},
+        "train": {"prompts_per_step": 4, "steps": 3, "lr": 3e-3, "micro_batch_size": 6, "score_batch_size": 5},
+        "run": {"output_dir": str(tmp_path / "run"), "save_every": 10, "progress": False},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    train(load_config(path))
+    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert len(metrics) == 3 and all(torch.isfinite(torch.tensor(m["loss/policy"])) for m in metrics)

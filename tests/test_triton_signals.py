@@ -1,0 +1,79 @@
+"""The Triton kernels (rlif.triton_signals) against the PyTorch path and the float64 / 50-digit references.
+
+Run on CPU under Triton's interpreter (conftest sets TRITON_INTERPRET=1 without a GPU) when the triton package is
+installed (`pip install triton`; it is not a test dependency, so CI skips these); on CUDA they run compiled.
+"""
+
+import pytest
+import torch
+
+from reference import reference, reference_exact
+from rlif import triton_signals
+from rlif.signals import hidden_signals
+
+pytestmark = pytest.mark.skipif(not triton_signals.available(), reason="the triton package is not installed")
+
+
+def assert_close(actual, expected, rtol, atol=1e-30):
+    actual, expected = actual.double().cpu(), expected.double().cpu()
+    assert torch.all((actual - expected).abs() <= atol + rtol * expected.abs()), (actual - expected).abs().max()
+
+
+def device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 2, 1), (9, 5, 37, 4), (20, 8, 300, 7)])  # (rows, d, V, chunk): V spans several tiles
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("logprobs_only", [False, True])
+def test_triton_forward_and_backward_match_float64(shape, temperature, logprobs_only, monkeypatch):
+    monkeypatch.setattr(triton_signals, "_block_size", lambda vocab: 16)  # many tiles: the online max moves often
+    n, d, vocab, chunk = shape
+    generator = torch.Generator().manual_seed(n + vocab)
+    hidden = (torch.randn(n, d, generator=generator) * 2).to(device()).requires_grad_()
+    weight = torch.randn(vocab, d, generator=generator).to(device()).requires_grad_()
+    bias = torch.randn(vocab, generator=generator).to(device()).requires_grad_()
+    targets = torch.randint(0, vocab, (n,), generator=generator).to(device())
+    upstream = torch.randn(n, generator=generator).to(device())
+    logprobs, sc, entropy = hidden_signals(hidden, weight, targets, bias=bias, temperature=temperature, chunk_size=chunk,
+                                           logprobs_only=logprobs_only, backend="triton")
+    (logprobs * upstream).sum().backward()
+    h64, w64, b64 = (t.detach().cpu().double().requires_grad_() for t in (hidden, weight, bias))
+    ref_logprobs, ref_sc, ref_entropy = reference(h64 @ w64.T + b64, targets.cpu(), temperature)
+    (ref_logprobs * upstream.cpu().double()).sum().backward()
+    assert_close(logprobs, ref_logprobs.detach(), rtol=1e-5, atol=1e-5)
+    if logprobs_only:
+        assert sc is None and entropy is None
+    else:
+        assert_close(sc, ref_sc.detach(), rtol=1e-4, atol=1e-5)
+        assert_close(entropy, ref_entropy.detach(), rtol=1e-4, atol=1e-5)
+    for actual, expected in ((hidden.grad, h64.grad), (weight.grad, w64.grad), (bias.grad, b64.grad)):
+        assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_triton_keeps_relative_precision_on_peaked_rows_and_ties(monkeypatch):
+    monkeypatch.setattr(triton_signals, "_block_size", lambda vocab: 16)
+    torch.manual_seed(2)
+    logits = torch.randn(10, 50) * 300  # entropies down to ~1e-30
+    logits[8, [3, 40]] = logits[8].max() + 1.0  # a tie at the max, in different tiles
+    logits[9] = torch.arange(50.0) * 20  # the max moves in every tile
+    targets = torch.cat([logits[:5].argmax(-1), torch.randint(0, 50, (5,))])
+    for temperature in (1.0, 0.8):
+        out = triton_signals.forward(logits.to(device()), targets.to(device()), temperature, logprobs_only=False)
+        ref_logprobs, ref_sc, ref_entropy = reference_exact(logits, targets, temperature)
+        assert_close(out[0], ref_logprobs, rtol=1e-5, atol=1e-37)
+        assert_close(out[1], ref_sc, rtol=1e-5)
+        tiny = ref_entropy < 1e-37 * 50  # below float32's normal range
+        assert_close(out[2][~tiny.to(out[2].device)], ref_entropy[~tiny], rtol=1e-4)
+        assert torch.equal(out[3].cpu(), logits.max(-1).values)
+
+
+def test_triton_reads_bf16_logits_without_a_float32_block():
+    torch.manual_seed(3)
+    logits = (torch.randn(6, 200) * 4).bfloat16()
+    targets = torch.randint(0, 200, (6,))
+    out = triton_signals.forward(logits.to(device()), targets.to(device()), 0.9, logprobs_only=False)
+    ref_logprobs, ref_sc, ref_entropy = reference(logits.double(), targets, 0.9)
+    assert_close(out[0], ref_logprobs, rtol=1e-5, atol=1e-6)
+    assert_close(out[1], ref_sc, rtol=1e-4, atol=1e-6)
+    assert_close(out[2], ref_entropy, rtol=1e-4, atol=1e-6)

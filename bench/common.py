@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 BENCH_DIR = Path(__file__).resolve().parent
-TOKENIZER_DIR = BENCH_DIR / "qwen2.5-tokenizer"  # Qwen2.5's tokenizer (Apache-2.0), vocabulary padded to 151,936; tokenizer.json gzipped
-ARCHITECTURES = {"qwen2.5-0.5b": BENCH_DIR / "qwen2.5-0.5b.json", "qwen2.5-1.5b": BENCH_DIR / "qwen2.5-1.5b.json"}
+QWEN_DIR = BENCH_DIR / "qwen2.5"  # Qwen2.5 architectures + tokenizer (Apache-2.0, see NOTICE.md); tokenizer.json gzipped
+ARCHITECTURES = {"qwen2.5-0.5b": QWEN_DIR / "qwen2.5-0.5b.json", "qwen2.5-1.5b": QWEN_DIR / "qwen2.5-1.5b.json"}
 PROMPTS_FILE = BENCH_DIR / "data" / "gsm8k_test_64.jsonl"  # the first 64 GSM8K test questions (MIT)
 SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -46,23 +46,28 @@ def device_name() -> str:
     return f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
-def load_tokenizer():
-    """The Qwen2.5 tokenizer, unpacked once (tokenizer.json is stored gzipped: 2 MB instead of 11 MB)."""
+def tokenizer_dir() -> Path:
+    """A folder with the Qwen2.5 tokenizer, unpacked once (tokenizer.json is stored gzipped: 2 MB instead of 11 MB)."""
     import gzip
     import shutil
     import tempfile
-
-    from transformers import AutoTokenizer
 
     folder = Path(tempfile.gettempdir()) / "rlif-bench-qwen2.5-tokenizer"
     if not (folder / "tokenizer.json").exists():
         folder.mkdir(parents=True, exist_ok=True)
         for name in ("tokenizer_config.json", "chat_template.jinja"):
-            shutil.copy(TOKENIZER_DIR / name, folder / name)
-        with gzip.open(TOKENIZER_DIR / "tokenizer.json.gz", "rb") as packed, open(folder / "tokenizer.json.part", "wb") as out:
+            shutil.copy(QWEN_DIR / name, folder / name)
+        part = folder / f"tokenizer.json.part-{os.getpid()}"
+        with gzip.open(QWEN_DIR / "tokenizer.json.gz", "rb") as packed, open(part, "wb") as out:
             shutil.copyfileobj(packed, out)
-        (folder / "tokenizer.json.part").rename(folder / "tokenizer.json")
-    return AutoTokenizer.from_pretrained(str(folder))
+        part.rename(folder / "tokenizer.json")  # atomic: concurrent callers never see half a file
+    return folder
+
+
+def load_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir()))
 
 
 def build_model(size: str, dtype: torch.dtype = torch.float32, seed: int = 0):

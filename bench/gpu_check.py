@@ -7,7 +7,7 @@ On CPU, the smoke mode runs the same code on a tiny Qwen2 with the real tokenize
     python bench/gpu_check.py --smoke --output /tmp/gpu_check.json
 
 1. steps: `rlif.train.train` itself on the Qwen2.5-1.5B architecture with RANDOM weights (compute and memory do not
-   depend on the weights; examples/qwen2.5-1.5b-init), set up as configs/paper/intuitor-qwen2.5-1.5b.yaml (fp32 master
+   depend on the weights; bench/qwen2.5/), set up as configs/paper/intuitor-qwen2.5-1.5b.yaml (fp32 master
    weights, bf16 autocast, gradient checkpointing, KL reference resident) with MATH prompts through the chat template,
    G = 7 and responses of --response-tokens tokens (a random model almost never samples EOS, so every response runs to
    the limit). Reports time per step and per phase, completion tokens/s and peak GPU memory. Checkpoint writing is
@@ -32,7 +32,10 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-ARCHITECTURE = REPO / "examples" / "qwen2.5-1.5b-init"
+sys.path.insert(0, str(REPO / "bench"))
+from common import ARCHITECTURES, tokenizer_dir  # noqa: E402  (Qwen2.5 architecture + tokenizer, no weights)
+
+ARCHITECTURE = ARCHITECTURES["qwen2.5-1.5b"]
 MATH_TRAIN = REPO / "data" / "math" / "train.jsonl"
 GIB = 1024**3
 
@@ -40,7 +43,7 @@ GIB = 1024**3
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny model on CPU, a few tokens: checks the script, measures nothing")
-    parser.add_argument("--architecture", type=Path, default=ARCHITECTURE, help="folder with config.json + tokenizer (no weights)")
+    parser.add_argument("--architecture", type=Path, default=ARCHITECTURE, help="a transformers config.json (no weights)")
     parser.add_argument("--response-tokens", type=int, default=1024, help="length of every response (max_new_tokens)")
     parser.add_argument("--prompt-tokens", type=int, default=512, help="prompt length in the micro-batch probe (the configs' maximum)")
     parser.add_argument("--prompts", type=int, default=16, help="prompts per step in the real steps")
@@ -62,7 +65,7 @@ def make_model_folder(args, folder: Path, device: torch.device) -> int:
     """The architecture with random weights (bf16 on disk), plus the tokenizer; returns the parameter count."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    fields = json.loads((args.architecture / "config.json").read_text())
+    fields = json.loads(args.architecture.read_text())
     if args.smoke:  # same family and vocabulary, 2 small layers
         fields.update({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
                        "num_key_value_heads": 2, "max_window_layers": 2})
@@ -71,7 +74,7 @@ def make_model_folder(args, folder: Path, device: torch.device) -> int:
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(args.architecture).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_dir()).save_pretrained(folder)
     count = sum(p.numel() for p in model.parameters())
     del model
     return count

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Every GPU path of rlif checked against its reference, then every benchmark timed, in one ~10-minute call on a lent
-# GPU machine (H100/H200; torch 2.11, transformers 5.17, accelerate 1.15, no internet).
+# Every GPU path of rlif checked against its reference, every benchmark timed, and real training steps on the
+# Qwen2.5-1.5B architecture with the largest micro-batch that fits, in one call of at most 10 minutes on a lent GPU
+# machine (H100/H200; torch 2.11, transformers 5.17, accelerate 1.15, no internet). Stage limits add up to 590 s.
 #
 # Before the call, where PyPI is reachable:   bash bench/fetch_wheels.sh        (TRL 1.16.0 + deps into .whl/)
 # The call (device tool): command "bash bench/gpu_check.sh", carry [".whl"], timeout_s 600.
-# Results: printed, and written under $OUT (or bench/out): tests.txt, signals.txt/json, rollout.txt, step.txt/json.
+# Results: printed, and written under $OUT (or bench/out): tests.txt, signals.txt/json, rollout.txt, step.txt/json,
+# train.txt/json.
 # Each stage has its own time limit, so one stage that hangs does not cost the others.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -30,11 +32,13 @@ stage() {  # name, limit (s), command...
 }
 
 # 1. Correctness of the GPU paths against the float64 references (and the CPU suite of the signals).
-stage tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_signals.py tests/test_sampling.py
+stage tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_signals.py tests/test_sampling.py
 # 2. Signals at the issue's shape: 16,384 tokens, Qwen2.5-1.5B head (d 1536, V 151,936), bf16.
-stage signals 150 python3 bench/signals.py --preset issue --rounds 1 --repeats 5 --json "$OUT/signals.json"
+stage signals 100 python3 bench/signals.py --preset issue --rounds 1 --repeats 5 --json "$OUT/signals.json"
 # 3. Rollouts: random-init Qwen2.5-0.5B, 16 prompts x G=8 x 256 tokens; HF generate dynamic and static cache, rlif.
-stage rollout 150 python3 bench/rollout.py --gpu-shape --rounds 2 --static
+stage rollout 100 python3 bench/rollout.py --gpu-shape --rounds 2 --static
 # 4. One training step vs TRL's GRPOTrainer at the same shape (TRL runs need the carried wheels).
 if [ "$HAVE_TRL" = 1 ]; then RUNS=trl,trl+sc,rlif-length,rlif; else RUNS=rlif-length,rlif; echo "trl not importable: TRL runs skipped"; fi
-stage step 240 python3 bench/step.py --gpu-shape --rounds 1 --steps 3 --runs "$RUNS" --json "$OUT/step.json"
+stage step 150 python3 bench/step.py --gpu-shape --rounds 1 --steps 3 --runs "$RUNS" --json "$OUT/step.json"
+# 5. Real INTUITOR steps (train() itself) on Qwen2.5-1.5B, bf16 autocast, 1,024-token responses; largest micro-batch.
+stage train 150 python3 bench/gpu_check.py --time-budget 110 --output "$OUT/train.json"

@@ -49,11 +49,18 @@ def test_paper_config_loads_with_the_papers_values(path, monkeypatch):
         assert config.train.prompts_per_step % processes == 0
 
 
+def qwen_tokenizer_dir():
+    spec = importlib.util.spec_from_file_location("bench_common", REPO / "bench" / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.tokenizer_dir()
+
+
 def test_paper_prompts_and_step_counts(monkeypatch):
     """With the Qwen2.5 tokenizer and the chat template, 70 MATH prompts exceed 512 tokens: 58 and 116 steps per epoch."""
     monkeypatch.chdir(REPO)
     config = load_config(REPO / "configs" / "paper" / "intuitor-qwen2.5-1.5b.yaml")
-    prompts = prepare_prompts(config, load_tokenizer(str(REPO / "examples" / "qwen2.5-1.5b-init")), config.data.path)
+    prompts = prepare_prompts(config, load_tokenizer(str(qwen_tokenizer_dir())), config.data.path)
     assert (len(prompts.records), prompts.dropped) == (7428, 70)
     assert "put your final answer within \\boxed{}" in prompts.rendered[0] and prompts.rendered[0].endswith("<|im_start|>assistant\n")
     assert total_steps(config, len(prompts.records)) == 58

@@ -101,7 +101,7 @@ def test_eval_of_a_training_run_uses_its_prompt_settings(tmp_path, tiny_model_di
 
     raw = {
         "model": {"path": str(tiny_model_dir)},
-        "data": {"path": str(addition_data), "system_prompt": "0+0=0", "prompt_template": " {prompt} "},
+        "data": {"path": str(addition_data), "system_prompt": None, "prompt_template": " {prompt} "},
         "rollout": {"group_size": 2, "max_new_tokens": 5, "temperature": 1.0},
         "train": {"prompts_per_step": 2, "steps": 2, "lr": 1e-3},
         "run": {"output_dir": str(tmp_path / "run"), "save_every": 1, "progress": False},
@@ -114,7 +114,7 @@ def test_eval_of_a_training_run_uses_its_prompt_settings(tmp_path, tiny_model_di
     settings = json.loads((out / "settings.json").read_text())
     checkpoint = run_dir / "checkpoints" / "step_000002"
     assert settings["model"] == str(checkpoint.resolve())
-    assert (settings["system_prompt"], settings["prompt_template"], settings["max_new_tokens"]) == ("0+0=0", " {prompt} ", 5)
+    assert (settings["system_prompt"], settings["prompt_template"], settings["max_new_tokens"]) == (None, " {prompt} ", 5)
 
     # The responses are the ones the latest checkpoint gives to prompts rendered by training's own code.
     tokenizer, model = load_tokenizer(str(checkpoint)), load_model(str(checkpoint))

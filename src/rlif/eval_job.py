@@ -150,11 +150,13 @@ def resolve_settings(model: str, benchmark: str | None, output_dir: str, *, conf
         for key, value in (("prompt_field", data.prompt_field), ("label_field", data.label_field), ("answer_format", data.answer_format)):
             fields[key] = fields[key] if fields[key] is not None else value
     resolved = get_benchmark(benchmark, **fields)
-    values = {key: value for key, value in from_run.items() if value is not None}
+    values = dict(from_run)  # a run's null (no system prompt) is a setting, not a gap
     overridden = []
     for key, value in given.items():
         if value is None or key in fields:
-            continue
+            continue  # None: not given on the command line
+        if key == "system_prompt" and not value:
+            value = None  # --system-prompt '': no system message
         if key in from_run and from_run[key] != value:
             overridden.append(key)
         values[key] = value
@@ -459,8 +461,9 @@ def select_from_file(path: str, *, answer_format: str | None = None, borda_p: fl
         saved = json.loads((folder / SETTINGS_FILE).read_text())
         records = load_finished(folder / RESPONSES_FILE, saved["num_samples"])
     else:
-        records = [record for _, record in read_records(source)]
-        for where, record in read_records(source):
+        located = read_records(source)
+        records = [record for _, record in located]
+        for where, record in located:
             missing = [k for k in ("problem", "sample", "answer", "correct", "self_certainty", "mean_logprob") if k not in record]
             if missing:
                 raise EvalError(f"{where}: missing field(s) {', '.join(missing)} (expected rlif evaluation records)")

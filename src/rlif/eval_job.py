@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlif.config import DEFAULT_SYSTEM_PROMPT, Config, ConfigError, DataConfig, RolloutConfig, load_config
+from rlif.config import DEFAULT_SYSTEM_PROMPT, Config, DataConfig, RolloutConfig
 from rlif.data import DataError
 
 SETTINGS_FILE = "settings.json"
@@ -113,9 +113,26 @@ def find_run(model: str) -> tuple[str, Path | None]:
 
 
 def load_run_config(path: str | Path) -> Config:
-    """The config of a run folder (RUN/config.yaml) or a config file."""
+    """The data, rollout and eval sections of a run folder's config.yaml (or of a config file), defaults filled in.
+
+    Only these sections are read: a run whose reward lives in a module not importable here still evaluates.
+    """
+    import yaml
+
     path = Path(path)
-    return load_config(path / "config.yaml" if path.is_dir() else path)
+    file = path / "config.yaml" if path.is_dir() else path
+    if not file.is_file():
+        raise EvalError(f"{file} does not exist: expected a training run folder or a config file")
+    raw = yaml.safe_load(file.read_text()) or {}
+    config = Config()
+    for section in ("data", "rollout", "eval"):
+        values = raw.get(section) or {}
+        known = {field.name for field in dataclasses.fields(type(getattr(config, section)))}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise EvalError(f"{file}: unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}")
+        setattr(config, section, dataclasses.replace(getattr(config, section), **values))
+    return config
 
 
 def resolve_settings(model: str, benchmark: str | None, output_dir: str, *, config: str | None = None, **given) -> EvalSettings:

@@ -30,3 +30,44 @@ def test_no_separation_and_empty_groups():
     s = separation([1, 2, 1, 2], [True, True, False, False])
     assert s.auroc == 0.5 and s.effect_size_r == pytest.approx(0.0, abs=1e-12)
     assert separation([1, 2], [True, True]) is None
+
+
+def test_against_pair_counting_and_the_tie_corrected_normal_approximation():
+    # Independent float64 reference: AUROC by counting all pairs; Z = (U - n1 n2 / 2) / sigma with the
+    # tie-corrected sigma^2 = n1 n2 / 12 * ((n + 1) - sum(t^3 - t) / (n (n - 1))); r = Z / sqrt(n).
+    import random
+    from collections import Counter
+
+    rng = random.Random(3)
+    scores = [rng.choice([0.1, 0.2, 0.3]) + rng.randint(0, 20) / 10 for _ in range(70)]
+    correct = [rng.random() < 0.2 + 0.2 * s for s in scores]
+    pos = [s for s, c in zip(scores, correct) if c]
+    neg = [s for s, c in zip(scores, correct) if not c]
+    u = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg)
+    n1, n2, n = len(pos), len(neg), len(scores)
+    ties = sum(t**3 - t for t in Counter(scores).values())
+    sigma = math.sqrt(n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1))))
+    s = separation(scores, correct)
+    assert s.auroc == pytest.approx(u / (n1 * n2), rel=1e-12)
+    assert s.effect_size_r == pytest.approx((u - n1 * n2 / 2) / sigma / math.sqrt(n), rel=1e-6)
+
+
+def test_calibration_report_and_histogram(tmp_path):
+    from rlif.calibration import calibration_report, plot_calibration
+
+    records = [
+        {"sample": -1, "self_certainty": 2.0, "correct": True},
+        {"sample": -1, "self_certainty": 1.0, "correct": False},
+        {"sample": 0, "self_certainty": 3.0, "correct": True},
+        {"sample": 1, "self_certainty": 1.0, "correct": True},
+        {"sample": 0, "self_certainty": 0.5, "correct": False},
+        {"sample": 1, "self_certainty": 0.5, "correct": True},
+    ]
+    report = calibration_report(records)
+    assert report["greedy"]["auroc"] == 1.0 and report["greedy"]["responses"] == 2
+    # sampled: correct {3, 1, 0.5} vs incorrect {0.5}: pairs 1 + 1 + 1/2 = 2.5 of 3.
+    assert report["sampled"]["auroc"] == pytest.approx(2.5 / 3)
+    assert report["sampled"]["self_certainty_correct"] == pytest.approx(1.5)
+    assert calibration_report([{"sample": 0, "self_certainty": 1.0, "correct": True}])["sampled"]["auroc"] is None
+    path = plot_calibration(records, tmp_path / "calibration.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

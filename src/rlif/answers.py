@@ -3,19 +3,34 @@
 An `AnswerFormat` pairs `extract(response) -> answer or None` with `equivalent(answer, reference)`.
 Configs name one (`data.answer_format: math`); a task adds its own with `register_answer_format`.
 
-The "math" format extracts the last \\boxed{...} (balanced braces), else the text after the last
-"####", else the text after the last "answer is", else the last number in the text; answers are equal
-when they are the same number or the same normalized text.
+The "math" format (GSM8K, MATH, MATH-500, arithmetic tasks):
+- extract: the last \\boxed{...} (balanced braces), else the text after the last "####", else the text
+  after the last "answer is", else the last number in the text. "18 dollars" after a marker is read as 18.
+- equivalent: two plain numbers ("1,234", "$18", "7.") compare numerically (relative 1e-6); otherwise
+  equal normalized text is equal; otherwise Hugging Face `math-verify` decides (LaTeX parsed to SymPy:
+  \\frac{1}{2} = 0.5, \\left( 3, \\frac{\\pi}{2} \\right) = (3, \\pi/2), 18\\% = 18, units in \\text{}
+  dropped). When math-verify cannot parse one of the two, the answers are not equal.
+  math-verify bounds each parse and comparison with a 5 s SIGALRM timeout, which only works in the
+  main thread; in any other thread rlif calls it without a timeout (math-verify would raise otherwise).
+  A timeout counts as "not equal", so only pathological expressions can make a result machine-dependent.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import logging
 import re
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+# A number followed only by unit words ("18 dollars", "$5 per hour."): the number is the answer.
+_NUMBER_WITH_UNITS = re.compile(r"^\\?\$?\s*(-?\d[\d,]*(?:\.\d+)?)\s*(?:[A-Za-z]{2,}[A-Za-z ]*)\.?$")
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_PLAIN_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
+MATH_VERIFY_TIMEOUT_S = 5
 
 
 def last_boxed(text: str) -> str | None:
@@ -46,19 +61,22 @@ def extract_answer(text: str) -> str | None:
             tail = text[position + len(marker) :].strip().strip(":").strip()
             line = tail.splitlines()[0].strip().rstrip(".") if tail else ""
             if line:
-                return line
+                with_units = _NUMBER_WITH_UNITS.match(line)
+                return with_units.group(1) if with_units else line
     numbers = _NUMBER.findall(text)
     return numbers[-1] if numbers else None
 
 
 def parse_number(text: str) -> float | None:
     """A plain number like '1,234', '-3.5', '$12', '40%' or '7.'; None for anything else."""
-    cleaned = text.strip().strip("$").rstrip("%").rstrip(".").replace(",", "").replace("\\!", "").strip()
+    cleaned = text.strip().strip("$").rstrip("%").rstrip(".").replace("\\!", "").strip()
     cleaned = re.sub(r"^\\\$|\\%$", "", cleaned).strip()
-    try:
-        return float(cleaned)
-    except ValueError:
-        return None
+    if "," in cleaned:
+        # Only thousands separators: "1,2" is a list of two answers, not twelve.
+        if not _THOUSANDS.fullmatch(cleaned):
+            return None
+        cleaned = cleaned.replace(",", "")
+    return float(cleaned) if _PLAIN_NUMBER.fullmatch(cleaned) else None
 
 
 def normalize_text(text: str) -> str:
@@ -67,14 +85,53 @@ def normalize_text(text: str) -> str:
     return re.sub(r"\s+", "", text).rstrip(".").lower()
 
 
-def answers_match(predicted: str | None, reference: str | None) -> bool:
-    """Numeric equality (relative 1e-6) when both parse as numbers, else normalized string equality."""
+def simple_match(predicted: str | None, reference: str | None) -> bool | None:
+    """The cheap checks: True/False when both are plain numbers, True for equal normalized text, else None (undecided)."""
     if predicted is None or reference is None:
         return False
     a, b = parse_number(predicted), parse_number(reference)
     if a is not None and b is not None:
         return abs(a - b) <= 1e-6 * max(1.0, abs(b))
-    return normalize_text(predicted) == normalize_text(reference)
+    if normalize_text(predicted) == normalize_text(reference):
+        return True
+    return None
+
+
+def _timeout() -> int | None:
+    # math-verify's timeout is signal.alarm: main thread only (elsewhere it raises instead of parsing).
+    return MATH_VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+
+
+@functools.lru_cache(maxsize=65536)
+def _math_verify_parse(answer: str, timeout: int | None) -> tuple:
+    """math-verify's parse of an extracted answer (read as the content of a \\boxed{}); () when it cannot."""
+    from math_verify import LatexExtractionConfig, parse
+
+    return tuple(parse(f"\\boxed{{{answer}}}", extraction_config=[LatexExtractionConfig()], parsing_timeout=timeout))
+
+
+def math_verify_equal(predicted: str, reference: str) -> bool:
+    """math-verify's verdict on two extracted answers; False when either does not parse."""
+    from math_verify import verify
+
+    timeout = _timeout()
+    gold, target = _math_verify_parse(reference, timeout), _math_verify_parse(predicted, timeout)
+    if not gold or not target:
+        return False
+    return bool(verify(list(gold), list(target), timeout_seconds=timeout))
+
+
+def answers_match(predicted: str | None, reference: str | None) -> bool:
+    """Numeric equality for plain numbers, equal normalized text, else math-verify's symbolic check."""
+    decided = simple_match(predicted, reference)
+    if decided is not None:
+        return decided
+    return math_verify_equal(predicted, reference)
+
+
+# math-verify logs every timeout and unparsable string at WARNING; a long evaluation would drown in them.
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+logging.getLogger("latex2sympy2_extended").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)

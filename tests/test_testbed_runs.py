@@ -18,7 +18,7 @@ MAIN_JOB = REPO / "configs" / "testbed" / "intuitor.yaml"
 def test_main_job_end_to_end_with_few_steps(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the config's paths are relative to the repository root
     run = tmp_path / "main"
-    overrides = ["train.steps=2", "train.prompts_per_step=4", "eval.limit=8", "eval.every=1", f"run.output_dir={run}", "run.progress=false"]
+    overrides = ["train.steps=2", "train.prompts_per_step=4", "eval.limit=8", "eval.every=1", "run.save_every=1", f"run.output_dir={run}", "run.progress=false"]
     assert main(["train", str(MAIN_JOB), *overrides]) == 0
     metrics = read_jsonl(run / "metrics.jsonl")
     evaluated = [m for m in metrics if "eval/greedy/accuracy" in m]

@@ -18,7 +18,7 @@ import yaml
 
 from rlif.plots import plot_panels, plot_run
 from rlif.runlog import read_jsonl
-from rlif.selection import choose, eval_points, labeled_best
+from rlif.selection import ACCURACY, choose, eval_points, labeled_best
 
 # Evaluation summary fields (`rlif.evaluate.summarize`) and how the report names them; anything else
 # without a "/" is a task feature (AnswerFormat.describe), shown as a share.
@@ -61,7 +61,9 @@ def eval_panels(feature_names: list[str]) -> list[tuple[str, list[tuple[str, str
 
 
 def _number(value) -> str:
-    return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
+    if not isinstance(value, (int, float)):
+        return "-"
+    return f"{0.0 if abs(value) < 5e-4 else value:.3f}"  # no "-0.000"
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -117,7 +119,12 @@ def _before_after(points: list[dict], feature_names: list[str]) -> list[str]:
     first, last = points[0], points[-1]
     best = next(p for p in points if p["step"] == labeled_best(points))
     header = f"| held-out | step {first['step']} (before) | step {best['step']} (best greedy accuracy) | step {last['step']} (last) |"
-    lines = ["## Before and after", "", header, "|---|---|---|---|"]
+    summary = [f"greedy accuracy {_number(first[ACCURACY])} -> {_number(last[ACCURACY])} (best {_number(best[ACCURACY])} at step {best['step']})"]
+    for name in feature_names:
+        key = f"eval/greedy/{name}"
+        if key in first and key in last:
+            summary.append(f"{name} share (greedy) {_number(first[key])} -> {_number(last[key])}")
+    lines = ["## Before and after", "", "In short: " + "; ".join(summary) + ".", "", header, "|---|---|---|---|"]
     fields = ["accuracy", *feature_names]
     fields += [f"accuracy/{name}" for f in feature_names for name in (f, f"not_{f}")]
     fields += [f for f in FIELD_NAMES if f != "accuracy"]

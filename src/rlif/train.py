@@ -2,7 +2,7 @@
 
 One step, top to bottom:
     sample prompts -> G responses each (HF generate) -> score (one no-grad pass: old log-probs,
-    self-certainty, entropy; a second for reference log-probs) -> reward -> group-normalized
+    self-certainty, entropy; a second for the reference model's signals) -> reward -> group-normalized
     advantages -> PPO-clip loss + beta * k3 KL, token mean -> AdamW step (grad clip, schedule).
 The method is the reward: `reward.name: self_certainty` is INTUITOR, `correctness` is GRPO.
 
@@ -186,7 +186,7 @@ def train(config: Config) -> Path:
     if config.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     ref_model = None
-    if cfg_train.kl_coef > 0 or reward.needs_reference:
+    if cfg_train.kl_coef > 0 or getattr(reward, "needs_reference", False):  # the frozen initial model: KL term, offline rewards, eval KL
         ref_model = load_model(config.model.path, config.model.dtype, config.model.trust_remote_code).requires_grad_(False)
         ref_model = SignalModel(ref_model, cfg_train.chunk_tokens).to(accelerator.device).eval()
     signal_model = SignalModel(policy, cfg_train.chunk_tokens)

@@ -174,13 +174,19 @@ CURVES = [
 ]
 
 
-def mean_sd(values: list[float | None]) -> str:
+def mean_sd(values: list[float | None], decimals: int = 3) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "-"
+    mean = statistics.mean(values)
+    mean = 0.0 if abs(mean) < 0.5 * 10**-decimals else mean  # no "-0.000"
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+        return f"{mean:.{decimals}f}"
+    return f"{mean:.{decimals}f} ± {statistics.stdev(values):.{decimals}f}"
+
+
+def _decimals(key: str) -> int:
+    return 1 if key.endswith("len_mean") else 3
 
 
 def aggregate(comparison: Comparison) -> Path:
@@ -225,14 +231,14 @@ def aggregate(comparison: Comparison) -> Path:
 def _results_table(comparison: Comparison, runs: dict) -> list[str]:
     lines = ["| method | " + " | ".join(label for label, _, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     if runs:  # the untrained model: every run's step-0 evaluation
-        cells = [mean_sd([points[0].get(key) for points in runs.values()]) if at == "last" else "-" for _, key, at in COLUMNS]
+        cells = [mean_sd([points[0].get(key) for points in runs.values()], _decimals(key)) if at == "last" else "-" for _, key, at in COLUMNS]
         lines.append("| base model (step 0) | " + " | ".join(cells) + " |")
     for method in comparison.methods:
         method_runs = [runs[(method, s)] for s in comparison.seeds if (method, s) in runs]
         if not method_runs:
             continue
-        cells = [mean_sd([column_value(points, key, at) for points in method_runs]) for _, key, at in COLUMNS]
-        seeds = f" ({len(method_runs)} seeds)" if len(method_runs) != len(comparison.seeds) else ""
+        cells = [mean_sd([column_value(points, key, at) for points in method_runs], _decimals(key)) for _, key, at in COLUMNS]
+        seeds = f" ({len(method_runs)} of {len(comparison.seeds)} seeds)" if len(method_runs) != len(comparison.seeds) else ""
         lines.append(f"| {method}{seeds} | " + " | ".join(cells) + " |")
     return lines
 

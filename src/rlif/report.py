@@ -32,7 +32,7 @@ FIELD_NAMES = {
     "sc_auroc": "self-certainty AUROC for correctness",
     "agreement": "agreement with the problem's most common answer",
     "ref_logprob": "log-prob under the initial model",
-    "kl_ref": "KL to the initial model (per token)",
+    "kl_ref": "log-ratio to the initial model per token (for samples: a KL estimate)",
 }
 
 

@@ -20,7 +20,6 @@ from rlif.testbed.task import (
     prompt_text,
     step_response,
     train_problems,
-    write_split_files,
 )
 
 
@@ -44,8 +43,11 @@ def test_held_out_split_is_fixed_and_never_trained_on():
 
 
 def test_shipped_prompt_files_are_the_generator_output(tmp_path):
-    for path in write_split_files(tmp_path):
-        assert path.read_text() == (DATA_DIR / path.name).read_text(), path.name
+    from rlif.cli import main
+
+    assert main(["testbed", "data", "--output", str(tmp_path)]) == 0  # what `rlif testbed data` writes
+    for name in ("train.jsonl", "test.jsonl"):
+        assert (tmp_path / name).read_text() == (DATA_DIR / name).read_text(), name
     first = json.loads((DATA_DIR / "test.jsonl").read_text().splitlines()[0])
     assert first == {"prompt": "821+999+315", "answer": "2135"}
 

@@ -106,7 +106,7 @@ def test_every_label_free_reward_runs_with_labels_hidden():
     for reward in label_free:
         seen = []
 
-        def spy(view, reward=reward):
+        def spy(view, reward=reward, seen=seen):
             seen.append(view.labels)
             return reward(view)
 

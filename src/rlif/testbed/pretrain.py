@@ -98,8 +98,9 @@ def render(tokenizer, prompt: str) -> str:
     return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
 
 
-def pretrain(output_dir: str | Path, config: PretrainConfig = PretrainConfig(), progress: bool = True) -> dict:
+def pretrain(output_dir: str | Path, config: PretrainConfig | None = None, progress: bool = True) -> dict:
     """Train the base model and save it (model, tokenizer, pretrain.json) to `output_dir`; returns the summary."""
+    config = config or PretrainConfig()
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 

@@ -22,6 +22,7 @@ import importlib
 import logging
 import re
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
@@ -139,9 +140,46 @@ class AnswerFormat:
     name: str
     extract: Callable[[str], str | None]  # the final answer a response states, or None
     equivalent: Callable[[str | None, str | None], bool]  # is a predicted answer the reference answer?
+    # Optional task-specific features of a response (e.g. {"step_by_step": True}); evaluation summaries
+    # average their boolean and numeric values.
+    describe: Callable[[str], dict] | None = None
 
     def is_correct(self, response: str, reference: str | None) -> bool:
         return self.equivalent(self.extract(response), reference)
+
+
+def answer_clusters(answers: list[str | None], equivalent: Callable[[str | None, str | None], bool]) -> list[int | None]:
+    """Cluster id of each answer (equivalent answers share one; the first member is the representative); None for no answer."""
+    representatives: list[str] = []
+    ids: list[int | None] = []
+    for answer in answers:
+        if answer is None:
+            ids.append(None)
+            continue
+        match = next((k for k, rep in enumerate(representatives) if equivalent(answer, rep)), None)
+        if match is None:
+            representatives.append(answer)
+            match = len(representatives) - 1
+        ids.append(match)
+    return ids
+
+
+def plurality(answers: list[str | None], equivalent: Callable[[str | None, str | None], bool]) -> list[bool]:
+    """Whether each answer is a plurality answer of the list: its cluster is at least as large as any other.
+
+    Ties: every answer of every tied-largest cluster counts (so a list of all-different answers is all True).
+    A missing answer (None) never votes and is never a plurality answer.
+    """
+    ids = answer_clusters(answers, equivalent)
+    sizes = Counter(i for i in ids if i is not None)
+    largest = max(sizes.values(), default=0)
+    return [i is not None and sizes[i] == largest for i in ids]
+
+
+def agreement(answers: list[str | None], equivalent: Callable[[str | None, str | None], bool]) -> float:
+    """Share of the list holding its most common answer (missing answers count in the total, never agree)."""
+    sizes = Counter(i for i in answer_clusters(answers, equivalent) if i is not None)
+    return max(sizes.values(), default=0) / max(1, len(answers))
 
 
 ANSWER_FORMATS: dict[str, AnswerFormat] = {}
@@ -154,6 +192,9 @@ def register_answer_format(answer_format: AnswerFormat) -> AnswerFormat:
 
 MATH = register_answer_format(AnswerFormat("math", extract_answer, answers_match))
 
+# Formats defined in modules that are imported only when a config names them (importing registers them).
+_LAZY_FORMATS = {"arithmetic": "rlif.testbed.task"}
+
 
 def get_answer_format(name: str) -> AnswerFormat:
     """A registered format by name, or `package.module:attribute` naming an AnswerFormat."""
@@ -163,6 +204,8 @@ def get_answer_format(name: str) -> AnswerFormat:
         if not isinstance(answer_format, AnswerFormat):
             raise TypeError(f"{name} is not an rlif.answers.AnswerFormat")
         return answer_format
+    if name not in ANSWER_FORMATS and name in _LAZY_FORMATS:
+        importlib.import_module(_LAZY_FORMATS[name])
     if name not in ANSWER_FORMATS:
-        raise KeyError(f"unknown answer format; registered: {', '.join(sorted(ANSWER_FORMATS))} (or package.module:attribute)")
+        raise KeyError(f"unknown answer format; registered: {', '.join(sorted(set(ANSWER_FORMATS) | set(_LAZY_FORMATS)))} (or package.module:attribute)")
     return ANSWER_FORMATS[name]

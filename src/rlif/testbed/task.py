@@ -1,0 +1,200 @@
+"""The testbed task: multi-digit addition, answered directly or column by column.
+
+A problem is 2-3 operands of 2-4 digits (`Difficulty`), the prompt is the sum written out ("345+678+12").
+A response answers in one of two styles and always ends with the same answer line:
+
+    direct          answer: 1035
+
+    step by step    5+8+2=15            (units column; no carry in)
+                    4+7+1+1=13          (tens: the digits, then the carry from the column before)
+                    3+6+0+1=10          (shorter operands contribute 0)
+                    answer: 1035
+
+The final answer is the number after the last "answer:", so both styles are checked the same way
+(`ARITHMETIC`, registered as the answer format "arithmetic").
+
+Problems come from a seeded `random.Random`; the held-out test split is `TEST_SIZE` problems drawn with
+the fixed `TEST_SEED`, and every other split excludes them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlif.answers import AnswerFormat, register_answer_format
+
+TEST_SEED = 20_250_519  # fixed forever: the held-out split must never change
+TEST_SIZE = 500
+TRAIN_SEED = 1
+TRAIN_SIZE = 4000  # RL training prompts shipped in rlif/testbed/data/train.jsonl
+ANSWER_MARKER = "answer:"
+# Every character a prompt or response can contain: the tokenizer's alphabet.
+ALPHABET = "0123456789+=:\n answer"
+
+
+@dataclass(frozen=True)
+class Difficulty:
+    min_operands: int = 2
+    max_operands: int = 3
+    min_digits: int = 2
+    max_digits: int = 4
+
+    def __post_init__(self):
+        if not 2 <= self.min_operands <= self.max_operands:
+            raise ValueError(f"operands: need 2 <= min_operands <= max_operands, got {self.min_operands}, {self.max_operands}")
+        if not 1 <= self.min_digits <= self.max_digits:
+            raise ValueError(f"digits: need 1 <= min_digits <= max_digits, got {self.min_digits}, {self.max_digits}")
+
+
+Problem = tuple[int, ...]  # the operands, in prompt order
+
+
+def random_problem(rng: random.Random, difficulty: Difficulty) -> Problem:
+    num_operands = rng.randint(difficulty.min_operands, difficulty.max_operands)
+    digits = [rng.randint(difficulty.min_digits, difficulty.max_digits) for _ in range(num_operands)]
+    return tuple(rng.randint(10 ** (d - 1) if d > 1 else 0, 10**d - 1) for d in digits)
+
+
+def generate_problems(count: int, seed: int, difficulty: Difficulty = Difficulty(), exclude=frozenset()) -> list[Problem]:
+    """`count` distinct problems from a seeded generator, none of them in `exclude`."""
+    rng = random.Random(seed)
+    seen, problems = set(exclude), []
+    for _ in range(100 * count + 1000):
+        if len(problems) == count:
+            break
+        problem = random_problem(rng, difficulty)
+        if problem not in seen:
+            seen.add(problem)
+            problems.append(problem)
+    if len(problems) < count:
+        raise ValueError(f"{difficulty} has too few distinct problems for {count} (got {len(problems)})")
+    return problems
+
+
+def held_out_problems(difficulty: Difficulty = Difficulty()) -> list[Problem]:
+    """The fixed held-out split."""
+    return generate_problems(TEST_SIZE, TEST_SEED, difficulty)
+
+
+def train_problems(count: int, seed: int, difficulty: Difficulty = Difficulty()) -> list[Problem]:
+    """Training problems: seeded, disjoint from the held-out split."""
+    return generate_problems(count, seed, difficulty, exclude=frozenset(held_out_problems(difficulty)))
+
+
+def prompt_text(problem: Problem) -> str:
+    return "+".join(str(n) for n in problem)
+
+
+# ---------------------------------------------------------------------------------------------
+# The two answer styles
+
+
+def direct_response(problem: Problem, answer: int | None = None) -> str:
+    return f"{ANSWER_MARKER} {sum(problem) if answer is None else answer}"
+
+
+def column_steps(problem: Problem, dropped_carry: int | None = None) -> tuple[list[str], int]:
+    """The column lines (units first) and the answer they lead to.
+
+    `dropped_carry`: the column whose carry-in is written as 0 (a pretraining error); the rest of the
+    work follows consistently from it, so the stated answer is wrong the way the work is.
+    """
+    width = max(len(str(n)) for n in problem)
+    lines, carry, digits = [], 0, []
+    for column in range(width):
+        terms = [n // 10**column % 10 for n in problem]
+        if column == dropped_carry:
+            carry = 0
+        if column > 0:
+            terms.append(carry)
+        total = sum(terms)
+        lines.append("+".join(map(str, terms)) + f"={total}")
+        digits.append(total % 10)
+        carry = total // 10
+    answer = carry * 10**width + sum(d * 10**i for i, d in enumerate(digits))
+    return lines, answer
+
+
+def step_response(problem: Problem, dropped_carry: int | None = None) -> str:
+    lines, answer = column_steps(problem, dropped_carry)
+    return "\n".join(lines + [direct_response(problem, answer)])
+
+
+def noisy_response(problem: Problem, rng: random.Random, step_by_step: bool, noise: float) -> str:
+    """A response in the given style; with probability `noise` it holds one error.
+
+    Direct: one digit of the answer replaced by another. Step by step: one carry dropped (the work and
+    the answer follow from it); when no column has a carry, the answer digit error of the direct style.
+    """
+    if rng.random() >= noise:
+        return step_response(problem) if step_by_step else direct_response(problem)
+    if step_by_step:
+        _, correct = column_steps(problem)
+        carried = [c for c in range(1, max(len(str(n)) for n in problem)) if column_steps(problem, c)[1] != correct]
+        if carried:
+            return step_response(problem, dropped_carry=rng.choice(carried))
+    digits = list(str(sum(problem)))
+    position = rng.randrange(len(digits))
+    digits[position] = rng.choice([d for d in "0123456789" if d != digits[position] and not (position == 0 and d == "0")] or ["1"])
+    wrong = int("".join(digits))
+    if step_by_step:
+        lines, _ = column_steps(problem)
+        return "\n".join(lines + [direct_response(problem, wrong)])
+    return direct_response(problem, wrong)
+
+
+# ---------------------------------------------------------------------------------------------
+# The answer format
+
+_ANSWER = re.compile(re.escape(ANSWER_MARKER) + r" ?(-?\d+)")
+_COLUMN_LINE = re.compile(r"^\d+(?:\+\d+)+=\d+$", re.MULTILINE)
+
+
+def extract_sum(response: str) -> str | None:
+    """The number after the last "answer:", canonical (no leading zeros); None when there is none."""
+    found = _ANSWER.findall(response)
+    return str(int(found[-1])) if found else None
+
+
+def same_number(predicted: str | None, reference: str | None) -> bool:
+    if predicted is None or reference is None:
+        return False
+    try:
+        return int(predicted) == int(reference)
+    except ValueError:
+        return False
+
+
+def describe_response(response: str) -> dict:
+    """Per-response features the evaluation summaries average: the answer style."""
+    return {"step_by_step": bool(_COLUMN_LINE.search(response))}
+
+
+ARITHMETIC = register_answer_format(AnswerFormat("arithmetic", extract_sum, same_number, describe_response))
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompt files
+
+
+def write_prompts(path: str | Path, problems: list[Problem]) -> Path:
+    """A JSONL prompt file (`prompt`, `answer`) as `rlif train` reads it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as file:
+        for problem in problems:
+            file.write(json.dumps({"prompt": prompt_text(problem), "answer": str(sum(problem))}) + "\n")
+    return path
+
+
+def write_split_files(folder: str | Path) -> list[Path]:
+    """The shipped prompt files: train.jsonl (TRAIN_SIZE problems, TRAIN_SEED) and the held-out test.jsonl."""
+    folder = Path(folder)
+    return [
+        write_prompts(folder / "train.jsonl", train_problems(TRAIN_SIZE, TRAIN_SEED)),
+        write_prompts(folder / "test.jsonl", held_out_problems()),
+    ]

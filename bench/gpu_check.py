@@ -52,7 +52,7 @@ def parse_args(argv=None):
     parser.add_argument("--micro-batch", type=int, default=8, help="train.micro_batch_size of the real steps")
     parser.add_argument("--probe", default="1,2,4,8,16,32,64", help="micro-batch sizes to try, ascending")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and optimizer state dtype")
-    parser.add_argument("--time-budget", type=float, default=540.0, help="seconds; the probe stops when they are spent")
+    parser.add_argument("--time-budget", type=float, default=120.0, help="seconds from the start; the probe stops when they are spent")
     parser.add_argument("--output", type=Path, default=None, help="write the report as JSON here")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -199,11 +199,9 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="rlif-gpu-check-") as tmp:
         work = Path(tmp)
         report["parameters"] = make_model_folder(args, work / "model", device)
-        report.update(run_steps(args, work / "model", work, cuda))
-        gc.collect()
-        if cuda:
-            torch.cuda.empty_cache()
+        # The probe first: it is quick, and the steps (minutes, mostly generation) cannot then starve it.
         report["micro_batches"] = probe_micro_batches(args, work / "model", device, start + args.time_budget)
+        report.update(run_steps(args, work / "model", work, cuda))
     fitting = [r["micro_batch"] for r in report["micro_batches"] if r.get("fits")]
     report["largest_micro_batch"] = max(fitting) if fitting else 0
     report["wall_s"] = time.perf_counter() - start

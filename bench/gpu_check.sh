@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
 # Every GPU path of rlif checked against its reference, every benchmark timed, and real training steps on the
-# Qwen2.5-1.5B architecture with the largest micro-batch that fits, in one call of at most 10 minutes on a lent GPU
-# machine (H100/H200; torch 2.11, transformers 5.17, accelerate 1.15, no internet). Stage limits add up to 590 s.
+# Qwen2.5-1.5B architecture with the largest micro-batch that fits, on a lent GPU machine (H100/H200; torch 2.11,
+# transformers 5.17, accelerate 1.15, no internet).
 #
-# Before the call, where PyPI is reachable:   bash bench/fetch_wheels.sh        (TRL 1.16.0 + deps into .whl/)
-# The call (device tool): command "bash bench/gpu_check.sh", carry [".whl"], timeout_s 600.
-# Results: printed, and written under $OUT (or bench/out): tests.txt, signals.txt/json, rollout.txt, step.txt/json,
-# train.txt/json.
-# Each stage has its own time limit, so one stage that hangs does not cost the others.
+# Before the call, where PyPI is reachable:   bash bench/fetch_wheels.sh        (TRL 1.16.0, math-verify + deps into .whl/)
+# The stages take about 13 minutes together (seen on an H200, 2026-11-26), more than one 10-minute device call, so
+# run them as two calls (device tool, carry [".whl"], timeout_s 600):
+#     bash bench/gpu_check.sh tests signals train       # at most 370 s
+#     bash bench/gpu_check.sh rollout step              # at most 420 s
+# No argument runs every stage. Results: printed, and written under $OUT (or bench/out): device.txt, tests.txt,
+# signals.txt/json, rollout.txt, step.txt/json, train.txt/json. Each stage has its own time limit, so one stage that
+# hangs does not cost the others.
 set -uo pipefail
+STAGES=" ${*:-tests signals train rollout step} "
+want() { [[ "$STAGES" == *" $1 "* ]]; }
+for name in $STAGES; do
+  case $name in tests|signals|train|rollout|step) ;; *) echo "unknown stage '$name': expected tests, signals, train, rollout, step" >&2; exit 2;; esac
+done
+
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
@@ -31,14 +40,18 @@ stage() {  # name, limit (s), command...
   echo "==== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s ===="
 }
 
-# 1. Correctness of the GPU paths against the float64 references (and the CPU suite of the signals).
-stage tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_signals.py tests/test_sampling.py
-# 2. Signals at the issue's shape: 16,384 tokens, Qwen2.5-1.5B head (d 1536, V 151,936), bf16.
-stage signals 100 python3 bench/signals.py --preset issue --rounds 1 --repeats 5 --json "$OUT/signals.json"
-# 3. Rollouts: random-init Qwen2.5-0.5B, 16 prompts x G=8 x 256 tokens; HF generate dynamic and static cache, rlif.
-stage rollout 100 python3 bench/rollout.py --gpu-shape --rounds 2 --static
-# 4. One training step vs TRL's GRPOTrainer at the same shape (TRL runs need the carried wheels).
+# tests: the GPU paths (Triton kernels compiled, not interpreted) against the float64 references. 41 s on an H200.
+want tests && stage tests 60 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_triton_signals.py tests/test_signals.py tests/test_sampling.py
+# signals: the issue's shape, 16,384 tokens, Qwen2.5-1.5B head (d 1536, V 151,936), bf16; Triton (fused) and the
+#   PyTorch path (fused-torch), two chunk sizes. 90 s.
+want signals && stage signals 110 python3 bench/signals.py --preset issue --rounds 1 --repeats 5 --json "$OUT/signals.json" \
+  --variants matmul,naive,fused,fused@2048,fused-torch,naive+bwd,fused+bwd,fused-torch+bwd
+# train: the largest update micro-batch, then real INTUITOR steps (train() itself) on Qwen2.5-1.5B, bf16 autocast,
+#   1,024-token responses. About 190 s (the first step warms up: 83 s, the second 41 s).
+want train && stage train 200 python3 bench/gpu_check.py --prompts 8 --steps 2 --time-budget 90 --output "$OUT/train.json"
+# rollout: random-init Qwen2.5-0.5B, 16 prompts x G=8 x 256 tokens; HF generate dynamic and static cache, rlif.
+want rollout && stage rollout 120 python3 bench/rollout.py --gpu-shape --rounds 1 --static
+# step: one training step vs TRL's GRPOTrainer at the same shape (TRL runs need the carried wheels). About 60 s a run.
 if [ "$HAVE_TRL" = 1 ]; then RUNS=trl,trl+sc,rlif-length,rlif; else RUNS=rlif-length,rlif; echo "trl not importable: TRL runs skipped"; fi
-stage step 150 python3 bench/step.py --gpu-shape --rounds 1 --steps 3 --runs "$RUNS" --json "$OUT/step.json"
-# 5. Real INTUITOR steps (train() itself) on Qwen2.5-1.5B, bf16 autocast, 1,024-token responses; largest micro-batch.
-stage train 150 python3 bench/gpu_check.py --time-budget 110 --output "$OUT/train.json"
+want step && stage step 300 python3 bench/step.py --gpu-shape --rounds 1 --steps 2 --runs "$RUNS" --json "$OUT/step.json"
+exit 0

@@ -9,6 +9,8 @@ Variants (each measured in a fresh subprocess, so one variant's allocations cann
   fused       rlif.signals.hidden_signals, `--chunk` rows at a time (the forward of the scoring passes)
   naive+bwd   naive log-prob forward + backward to the hidden states and the weight (the update)
   fused+bwd   hidden_signals(logprobs_only=True) forward + recomputing backward
+  fused-torch, fused-torch+bwd   the same with backend="torch" (on CUDA, `fused` runs the Triton kernels)
+  Any fused variant takes a chunk size after '@' (`fused@2048`) to compare chunk sizes in one run.
 
 Peak extra memory: on CPU, the subprocess builds its inputs, runs one small warm-up, resets the kernel's peak
 resident-set counter (/proc/self/clear_refs), reads its resident set size, runs the variant once and reads the peak
@@ -69,14 +71,17 @@ def run_variant(variant, hidden, weight, targets, args):
     from rlif.signals import hidden_signals
 
     temperature = args.temperature
+    variant, _, chunk = variant.partition("@")
+    chunk = int(chunk) if chunk else args.chunk
+    backend = "torch" if variant.startswith("fused-torch") else "auto"
     if variant == "matmul":
         return hidden @ weight.T
     if variant == "naive":
         with torch.no_grad():
             return naive_signals(hidden, weight, targets, temperature)
-    if variant == "fused":
+    if variant in ("fused", "fused-torch"):
         with torch.no_grad():
-            return hidden_signals(hidden, weight, targets, temperature=temperature, chunk_size=args.chunk)
+            return hidden_signals(hidden, weight, targets, temperature=temperature, chunk_size=chunk, backend=backend)
     h = hidden.detach().requires_grad_()
     w = weight.detach().requires_grad_()
     upstream = torch.ones(h.shape[0], device=h.device)
@@ -84,7 +89,7 @@ def run_variant(variant, hidden, weight, targets, args):
         logits = h @ w.T
         logp = torch.log_softmax(logits.float() / temperature, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
     else:
-        logp = hidden_signals(h, w, targets, temperature=temperature, chunk_size=args.chunk, logprobs_only=True)[0]
+        logp = hidden_signals(h, w, targets, temperature=temperature, chunk_size=chunk, logprobs_only=True, backend=backend)[0]
     (logp * upstream).sum().backward()
     return logp.detach(), h.grad, w.grad
 
@@ -152,6 +157,11 @@ def main(argv=None):
         return 0
 
     variants = args.variants.split(",")
+    known = FORWARD + BACKWARD + ["fused-torch", "fused-torch+bwd"]
+    for variant in variants:
+        name, _, chunk = variant.partition("@")
+        if name not in known or (chunk and (not name.startswith("fused") or not chunk.isdigit())):
+            parser.error(f"--variants: unknown variant {variant!r}; expected one of {known}, fused ones optionally @CHUNK")
     passthrough = [f"--{k}={getattr(args, k)}" for k in ("tokens", "d", "vocab", "chunk", "dtype", "temperature", "device", "repeats")]
 
     def call(worker_arg):
@@ -182,7 +192,7 @@ def main(argv=None):
     print(f"device: {device_name()}; {versions()}")
     rows = []
     for variant in variants:
-        baseline = "naive+bwd" if variant.endswith("+bwd") else "naive"
+        baseline = "naive+bwd" if variant.partition("@")[0].endswith("+bwd") else "naive"
         row = [variant, f"{statistics.median(seconds[variant]) * 1000:.1f} ms", gib(extra[variant])]
         if baseline in seconds:
             row += [f"{ratio(variant, baseline):.2f}x", f"{extra[baseline] / max(extra[variant], 1):.1f}x less"]

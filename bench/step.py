@@ -5,7 +5,8 @@
 
 Both trainers get the same model folder (random init, saved once), the same GSM8K chat prompts (system prompt asking for
 \\boxed{}), G, response length, temperature 0.9 (top-k off, top-p 1), beta 0.005 with a frozen reference model, one
-optimizer update per step, micro-batches of `--micro-batch` sequences, float32 weights (bf16 autocast on GPU), and
+optimizer update per step, micro-batches of `--micro-batch` sequences, gradient checkpointing on or off in both
+(`--gradient-checkpointing`, default on as in TRL's GRPOConfig), float32 weights (bf16 autocast on GPU), and
 token-mean loss (TRL's default "dapo" = rlif's). Generation: TRL calls Hugging Face `generate` (dynamic KV cache, no vLLM);
 rlif runs its own KV-cache sampler over the same Hugging Face model. A random-init model almost never samples EOS out of
 151,936 tokens, so every response has the full length in both.
@@ -65,7 +66,8 @@ def run_rlif(args, work: Path, reward: str) -> dict:
 
     out = work / f"rlif-{reward.replace(':', '_')}-{time.time_ns()}"
     raw = {
-        "model": {"path": str(args.model_dir), "dtype": "float32", "mixed_precision": "auto"},
+        "model": {"path": str(args.model_dir), "dtype": "float32", "mixed_precision": "auto",
+                  "gradient_checkpointing": args.gradient_checkpointing == "on"},
         "data": {"path": str(args.data), "label_field": None, "system_prompt": SYSTEM_PROMPT, "max_prompt_tokens": 2048},
         "rollout": {"group_size": args.group, "temperature": 0.9, "top_p": 1.0, "max_new_tokens": args.tokens,
                     "generation_batch_size": args.prompts * args.group},
@@ -106,6 +108,7 @@ def run_trl(args, work: Path, with_self_certainty: bool) -> dict:
         beta=0.005, learning_rate=1e-6, num_iterations=1, loss_type="dapo", scale_rewards="group",
         max_steps=args.steps, logging_steps=1, save_strategy="no", report_to="none",
         use_cpu=not gpu, bf16=gpu, model_init_kwargs={"dtype": torch.float32},
+        gradient_checkpointing=args.gradient_checkpointing == "on",
         disable_dropout=True, log_completions=False, shuffle_dataset=True, seed=0,
     )
     holder: dict = {}
@@ -167,6 +170,8 @@ def main(argv=None):
     parser.add_argument("--group", type=int)
     parser.add_argument("--tokens", type=int)
     parser.add_argument("--micro-batch", type=int)
+    parser.add_argument("--gradient-checkpointing", choices=["on", "off"], default="on",
+                        help="for both trainers (on: GRPOConfig's default)")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--runs", default=",".join(RUNS))
@@ -193,7 +198,7 @@ def main(argv=None):
         work = Path(tmp)
         model_dir, data = prepare(work, args.model)
         common = [f"--work={work}", f"--model-dir={model_dir}", f"--data={data}"] + [
-            f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("prompts", "group", "tokens", "micro_batch", "steps")
+            f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("prompts", "group", "tokens", "micro_batch", "steps", "gradient_checkpointing")
         ]
         for round_index in range(args.rounds):
             for run in runs if round_index % 2 == 0 else runs[::-1]:
@@ -215,7 +220,7 @@ def main(argv=None):
         return statistics.median(results[run][key])
 
     print(f"\nstep: {args.model}, {args.prompts} prompts x G={args.group} x {args.tokens} tokens, micro-batch {args.micro_batch}, "
-          f"beta 0.005, {args.steps} steps x {args.rounds} rounds (step 1 of each run not timed)")
+          f"gradient checkpointing {args.gradient_checkpointing}, beta 0.005, {args.steps} steps x {args.rounds} rounds (step 1 of each run not timed)")
     print(f"device: {device_name()}; {versions()}")
     base = "trl" if "trl" in results else None
     rows = []

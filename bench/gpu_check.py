@@ -124,12 +124,12 @@ def run_steps(args, model_dir: Path, work: Path, cuda: bool) -> dict:
 def probe_micro_batches(args, model_dir: Path, device: torch.device, deadline: float) -> list[dict]:
     """Forward + backward of the update at growing micro-batches, with the training state resident."""
     from rlif.grpo import policy_loss
-    from rlif.models import load_model
+    from rlif.models import enable_activation_checkpointing, load_model
     from rlif.scoring import SignalModel
 
     cuda = device.type == "cuda"
     policy = load_model(str(model_dir), args.dtype).to(device)
-    policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_activation_checkpointing(policy)
     policy.train()
     reference = load_model(str(model_dir), args.dtype).requires_grad_(False).to(device).eval()  # resident, as in training
     model = SignalModel(policy)

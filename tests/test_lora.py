@@ -121,3 +121,20 @@ def test_unsupported_distributed_modes_fail_with_the_reason(tmp_path, tiny_model
     check_supported_setup(accelerator(DistributedType.NO, processes=1), own_device)
     check_supported_setup(accelerator(DistributedType.MULTI_CPU), lora)  # LoRA under DDP is fine
     check_supported_setup(accelerator(DistributedType.FSDP, fsdp2=True), full)
+
+
+@pytest.mark.parametrize("rank", [0, 4])
+def test_gradient_checkpointing_is_on_and_leaves_the_gradients_unchanged(tmp_path, tiny_model_dir, addition_data, rank):
+    grads = {}
+    for checkpointing in (False, True):
+        config = load_config(lora_config(tmp_path, tiny_model_dir, addition_data),
+                             [f"lora.rank={rank}", f"model.gradient_checkpointing={str(checkpointing).lower()}"])
+        policy = rlif.lora.load_policy(config).train()
+        on = getattr(policy, "is_activation_checkpointing", None)  # transformers >= 5.2x; older: is_gradient_checkpointing
+        assert (policy.is_gradient_checkpointing if on is None else on) == checkpointing
+        ids = torch.arange(3, 23)[None] % policy.config.vocab_size
+        policy(input_ids=ids, labels=ids).loss.backward()
+        grads[checkpointing] = {n: p.grad for n, p in policy.named_parameters() if p.grad is not None}
+    assert grads[True].keys() == grads[False].keys() and len(grads[True]) > 0
+    for name, grad in grads[False].items():
+        torch.testing.assert_close(grads[True][name], grad, rtol=1e-5, atol=1e-7, msg=name)

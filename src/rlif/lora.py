@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from rlif.config import Config, ConfigError, LoraConfig
-from rlif.models import load_model
+from rlif.models import enable_activation_checkpointing, load_model
 
 ADAPTER_DIR = "adapter"
 
@@ -36,7 +36,7 @@ def load_policy(config: Config, checkpoint: Path | None = None) -> nn.Module:
         base = load_model(config.model.path, config.model.dtype, config.model.trust_remote_code)
         policy = load_adapter(base, Path(checkpoint) / ADAPTER_DIR) if checkpoint else apply_lora(base, config.lora, config.train.seed)
     if config.model.gradient_checkpointing:
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(policy)
     return policy
 
 

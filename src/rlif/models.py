@@ -58,6 +58,15 @@ def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = Fals
     return model
 
 
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each layer's activations in the backward (non-reentrant); transformers >= 5.2x renamed the method."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def disable_dropout(model: nn.Module) -> None:
     """Set every dropout probability in the model to 0, so train() and eval() compute the same function."""
     for module in model.modules():

@@ -35,3 +35,25 @@ def reference_exact(logits, targets, temperature=1.0):
         entropy = -mpmath.fsum(mpmath.exp(lp) * lp for lp in logp)
         out.append((float(z[target] / temperature - lse_t), float(kl_uniform), float(entropy)))
     return tuple(torch.tensor(column, dtype=torch.float64) for column in zip(*out))
+
+
+def assert_close(actual, expected, rtol=1e-5, atol=1e-30):
+    """|actual - expected| <= atol + rtol |expected| elementwise, compared in float64 on the CPU."""
+    actual, expected = actual.double().cpu(), expected.double().cpu()
+    assert torch.all((actual - expected).abs() <= atol + rtol * expected.abs()), (actual - expected).abs().max()
+
+
+def assert_signals_match_float64(hidden, weight, bias, targets, upstream, temperature, logprobs, sc, entropy, logprobs_only):
+    """Signals of `hidden @ weight.T + bias` (whose gradients were taken against `upstream`) vs the float64 reference."""
+    h64, w64, b64 = (t.detach().cpu().double().requires_grad_() for t in (hidden, weight, bias))
+    ref_logprobs, ref_sc, ref_entropy = reference(h64 @ w64.T + b64, targets.cpu(), temperature)
+    (ref_logprobs * upstream.cpu().double()).sum().backward()
+    assert_close(logprobs, ref_logprobs.detach(), rtol=1e-5, atol=1e-5)
+    if logprobs_only:
+        assert sc is None and entropy is None
+    else:
+        assert_close(sc, ref_sc.detach(), rtol=1e-4, atol=1e-5)
+        assert_close(entropy, ref_entropy.detach(), rtol=1e-4, atol=1e-5)
+    for actual, expected in ((hidden.grad, h64.grad), (weight.grad, w64.grad), (bias.grad, b64.grad)):
+        assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+

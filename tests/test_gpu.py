@@ -3,15 +3,11 @@
 import pytest
 import torch
 
-from reference import reference
+from reference import assert_close, reference
 from rlif.signals import hidden_signals
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check.sh)")
 
-
-def assert_close(actual, expected, rtol, atol):
-    actual, expected = actual.double().cpu(), expected.double().cpu()
-    assert torch.all((actual - expected).abs() <= atol + rtol * expected.abs()), (actual - expected).abs().max()
 
 
 @pytest.mark.parametrize("compute_dtype", [torch.float32, torch.bfloat16])

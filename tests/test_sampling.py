@@ -1,6 +1,5 @@
 """The KV-cache sampler: exact greedy, keyed randomness, nucleus, signals from the sampling pass."""
 
-import math
 
 import numpy as np
 import pytest

@@ -1,6 +1,5 @@
 """End-to-end training on a tiny model: learning signal, resume equality, kills, NaN, bad input."""
 
-import json
 import os
 import signal
 import subprocess

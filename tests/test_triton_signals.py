@@ -7,16 +7,12 @@ installed (`pip install triton`; it is not a test dependency, so CI skips these)
 import pytest
 import torch
 
-from reference import reference, reference_exact
+from reference import assert_close, assert_signals_match_float64, reference, reference_exact
 from rlif import triton_signals
 from rlif.signals import hidden_signals
 
 pytestmark = pytest.mark.skipif(not triton_signals.available(), reason="the triton package is not installed")
 
-
-def assert_close(actual, expected, rtol, atol=1e-30):
-    actual, expected = actual.double().cpu(), expected.double().cpu()
-    assert torch.all((actual - expected).abs() <= atol + rtol * expected.abs()), (actual - expected).abs().max()
 
 
 def device():
@@ -38,17 +34,7 @@ def test_triton_forward_and_backward_match_float64(shape, temperature, logprobs_
     logprobs, sc, entropy = hidden_signals(hidden, weight, targets, bias=bias, temperature=temperature, chunk_size=chunk,
                                            logprobs_only=logprobs_only, backend="triton")
     (logprobs * upstream).sum().backward()
-    h64, w64, b64 = (t.detach().cpu().double().requires_grad_() for t in (hidden, weight, bias))
-    ref_logprobs, ref_sc, ref_entropy = reference(h64 @ w64.T + b64, targets.cpu(), temperature)
-    (ref_logprobs * upstream.cpu().double()).sum().backward()
-    assert_close(logprobs, ref_logprobs.detach(), rtol=1e-5, atol=1e-5)
-    if logprobs_only:
-        assert sc is None and entropy is None
-    else:
-        assert_close(sc, ref_sc.detach(), rtol=1e-4, atol=1e-5)
-        assert_close(entropy, ref_entropy.detach(), rtol=1e-4, atol=1e-5)
-    for actual, expected in ((hidden.grad, h64.grad), (weight.grad, w64.grad), (bias.grad, b64.grad)):
-        assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+    assert_signals_match_float64(hidden, weight, bias, targets, upstream, temperature, logprobs, sc, entropy, logprobs_only)
 
 
 def test_triton_keeps_relative_precision_on_peaked_rows_and_ties(monkeypatch):

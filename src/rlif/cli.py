@@ -41,7 +41,7 @@ def cmd_score(args) -> None:
 
 
 def cmd_config(args) -> None:
-    from rlif.config import config_reference, load_config, save_config
+    from rlif.config import config_reference, load_config
 
     if args.action == "docs":
         print(config_reference())

@@ -20,46 +20,17 @@ TRAINING_PANELS = [
 ]
 
 
-def plot_metrics(records: list[dict], panels: list[tuple[str, str]], path: Path, title: str = "") -> Path | None:
-    """One small panel per metric present in `records` (x = step); returns the PNG path or None."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    present = [(key, label) for key, label in panels if any(isinstance(r.get(key), (int, float)) for r in records)]
-    if not present:
-        return None
-    columns = min(4, len(present))
-    rows = (len(present) + columns - 1) // columns
-    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.8 * rows), squeeze=False)
-    for axis, (key, label) in zip(axes.flat, present):
-        points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
-        axis.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 40 else None)
-        axis.set_title(label, fontsize=10)
-        axis.set_xlabel("step", fontsize=8)
-        axis.tick_params(labelsize=8)
-        axis.grid(alpha=0.3)
-    for axis in list(axes.flat)[len(present) :]:
-        axis.set_visible(False)
-    if title:
-        figure.suptitle(title, fontsize=11)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
-
-
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Write RUN/plots/training.png from RUN/metrics.jsonl; returns the files written."""
     run_dir = Path(run_dir)
     records = read_jsonl(run_dir / "metrics.jsonl")
-    written = plot_metrics(records, TRAINING_PANELS, run_dir / "plots" / "training.png", title=run_dir.name)
+    panels = [(label, [(key, label)]) for key, label in TRAINING_PANELS]
+    written = plot_panels(records, panels, run_dir / "plots" / "training.png", title=run_dir.name, max_columns=4)
     return [written] if written else []
 
 
-def plot_panels(records: list[dict], panels: list[tuple[str, list[tuple[str, str]]]], path: Path, title: str = "") -> Path | None:
+def plot_panels(records: list[dict], panels: list[tuple[str, list[tuple[str, str]]]], path: Path, title: str = "",
+                max_columns: int = 3) -> Path | None:
     """Panels holding several series each: [(panel title, [(metric key, series label), ...]), ...].
 
     A series is drawn where records have the key (x = step); panels without any data are left out.
@@ -76,7 +47,7 @@ def plot_panels(records: list[dict], panels: list[tuple[str, list[tuple[str, str
     present = [(name, series) for name, series in present if series]
     if not present:
         return None
-    columns = min(3, len(present))
+    columns = min(max_columns, len(present))
     rows = (len(present) + columns - 1) // columns
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
     for axis, (name, series) in zip(axes.flat, present):

@@ -131,3 +131,22 @@ def test_shipped_base_model_uses_both_styles_and_is_imperfect():
     assert 0.1 < greedy["accuracy"] < 0.95  # imperfect, but not hopeless
     summary = json.loads((BASE_MODEL_DIR / "pretrain.json").read_text())
     assert summary["config"]["seed"] == 0 and summary["held_out_greedy"]["answer_rate"] > 0.9
+
+
+def test_style_certainty_script_reproduces_why_direct_answers_win(capsys):
+    """scripts/style_certainty.py (README, main job): under the shipped base model the correct direct answers have
+    the higher sequence self-certainty although their digits are less certain than the step-by-step digits."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "style_certainty.py"
+    spec = importlib.util.spec_from_file_location("style_certainty", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--limit", "40"])
+    direct, steps = module.style_table(str(BASE_MODEL_DIR), path.parents[1] / "configs/testbed/intuitor.yaml", 40)
+    assert direct["style"] == "direct" and steps["style"] == "step by step"
+    assert direct["sequence_self_certainty"] > steps["sequence_self_certainty"]
+    assert direct["self_certainty_digits"] < steps["self_certainty_digits"]
+    assert steps["digit_share"] > direct["digit_share"]
+    assert "| direct |" in capsys.readouterr().out

@@ -1,0 +1,71 @@
+"""Why INTUITOR prefers direct answers on the testbed: self-certainty and entropy of both answer styles, per token kind.
+
+    python scripts/style_certainty.py                 # the shipped base model, the first 200 held-out problems
+    python scripts/style_certainty.py --model runs/testbed-intuitor/checkpoints/step-000060
+
+Scores the *correct* response of each style (`rlif.testbed.task.direct_response` / `step_response`, followed by EOS)
+to the same problems under the model, with the prompts rendered as the main job renders them, and reports per style:
+the sequence self-certainty (the INTUITOR reward: mean over the response's tokens) and entropy, and self-certainty, entropy and
+share of tokens split into digits and everything else (`+`, `=`, `answer:`, newlines, EOS).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from rlif.config import load_config
+from rlif.models import load_model, load_tokenizer
+from rlif.score import encode_pairs
+from rlif.scoring import SignalModel, score_in_batches
+from rlif.signals import masked_mean
+from rlif.testbed.task import direct_response, held_out_problems, prompt_text, step_response
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def style_table(model_path: str, config_path: Path, limit: int) -> list[dict]:
+    config = load_config(config_path)
+    tokenizer, model = load_tokenizer(model_path), load_model(model_path).eval()
+    problems = held_out_problems()[:limit]
+    prompts = [prompt_text(p) for p in problems]
+    rows = []
+    for style, respond in (("direct", direct_response), ("step by step", step_response)):
+        responses = [respond(p) + tokenizer.eos_token for p in problems]
+        prompt_ids, prompt_mask, response_ids, response_mask = encode_pairs(
+            tokenizer, prompts, responses, chat_template=config.data.chat_template, system_prompt=config.data.system_prompt
+        )
+        with torch.no_grad():
+            signals = score_in_batches(SignalModel(model), prompt_ids, prompt_mask, response_ids, response_mask, batch_size=64)
+        digit_ids = torch.tensor([i for i in range(len(tokenizer)) if tokenizer.decode([i]).strip().isdigit()])
+        digit = torch.isin(response_ids, digit_ids) & response_mask.bool()
+        other = ~digit & response_mask.bool()
+        row = {"style": style, "sequence_self_certainty": masked_mean(signals.self_certainty, response_mask).mean().item(),
+               "tokens": response_mask.sum(1).float().mean().item(),
+               "entropy": masked_mean(signals.entropy, response_mask).mean().item(), "digit_share": (digit.sum() / response_mask.sum()).item()}
+        for kind, mask in (("digits", digit), ("other", other)):
+            row[f"self_certainty_{kind}"] = signals.self_certainty[mask].mean().item()
+            row[f"entropy_{kind}"] = signals.entropy[mask].mean().item()
+        rows.append(row)
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(REPO / "src/rlif/testbed/base_model"))
+    parser.add_argument("--config", type=Path, default=REPO / "configs/testbed/intuitor.yaml", help="prompt rendering")
+    parser.add_argument("--limit", type=int, default=200, help="held-out problems")
+    args = parser.parse_args(argv)
+    rows = style_table(args.model, args.config, args.limit)
+    print(f"{args.model}: correct responses to the first {args.limit} held-out problems, EOS included\n")
+    print("| style | sequence self-certainty (the reward) | tokens | entropy | digit share | SC digits | SC other | entropy digits | entropy other |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['style']} | {r['sequence_self_certainty']:.3f} | {r['tokens']:.1f} | {r['entropy']:.3f} | {r['digit_share']:.2f} | "
+              f"{r['self_certainty_digits']:.2f} | {r['self_certainty_other']:.2f} | {r['entropy_digits']:.3f} | {r['entropy_other']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

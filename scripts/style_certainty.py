@@ -31,6 +31,8 @@ def style_table(model_path: str, config_path: Path, limit: int) -> list[dict]:
     tokenizer, model = load_tokenizer(model_path), load_model(model_path).eval()
     problems = held_out_problems()[:limit]
     prompts = [prompt_text(p) for p in problems]
+    signal_model = SignalModel(model)
+    digit_ids = torch.tensor([i for i in range(len(tokenizer)) if tokenizer.decode([i]).strip().isdigit()])
     rows = []
     for style, respond in (("direct", direct_response), ("step by step", step_response)):
         responses = [respond(p) + tokenizer.eos_token for p in problems]
@@ -38,8 +40,7 @@ def style_table(model_path: str, config_path: Path, limit: int) -> list[dict]:
             tokenizer, prompts, responses, chat_template=config.data.chat_template, system_prompt=config.data.system_prompt
         )
         with torch.no_grad():
-            signals = score_in_batches(SignalModel(model), prompt_ids, prompt_mask, response_ids, response_mask, batch_size=64)
-        digit_ids = torch.tensor([i for i in range(len(tokenizer)) if tokenizer.decode([i]).strip().isdigit()])
+            signals = score_in_batches(signal_model, prompt_ids, prompt_mask, response_ids, response_mask, batch_size=64)
         digit = torch.isin(response_ids, digit_ids) & response_mask.bool()
         other = ~digit & response_mask.bool()
         row = {"style": style, "sequence_self_certainty": masked_mean(signals.self_certainty, response_mask).mean().item(),
@@ -52,7 +53,7 @@ def style_table(model_path: str, config_path: Path, limit: int) -> list[dict]:
     return rows
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(REPO / "src/rlif/testbed/base_model"))
     parser.add_argument("--config", type=Path, default=REPO / "configs/testbed/intuitor.yaml", help="prompt rendering")
@@ -65,6 +66,7 @@ def main(argv=None) -> None:
     for r in rows:
         print(f"| {r['style']} | {r['sequence_self_certainty']:.3f} | {r['tokens']:.1f} | {r['entropy']:.3f} | {r['digit_share']:.2f} | "
               f"{r['self_certainty_digits']:.2f} | {r['self_certainty_other']:.2f} | {r['entropy_digits']:.3f} | {r['entropy_other']:.3f} |")
+    return rows
 
 
 if __name__ == "__main__":

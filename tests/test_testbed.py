@@ -143,8 +143,7 @@ def test_style_certainty_script_reproduces_why_direct_answers_win(capsys):
     spec = importlib.util.spec_from_file_location("style_certainty", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.main(["--limit", "40"])
-    direct, steps = module.style_table(str(BASE_MODEL_DIR), path.parents[1] / "configs/testbed/intuitor.yaml", 40)
+    direct, steps = module.main(["--model", str(BASE_MODEL_DIR), "--limit", "40"])
     assert direct["style"] == "direct" and steps["style"] == "step by step"
     assert direct["sequence_self_certainty"] > steps["sequence_self_certainty"]
     assert direct["self_certainty_digits"] < steps["self_certainty_digits"]

@@ -6,8 +6,8 @@
 # Before the call, where PyPI is reachable:   bash bench/fetch_wheels.sh        (TRL 1.16.0, math-verify + deps into .whl/)
 # The stages take about 13 minutes together (seen on an H200, 2026-11-26), more than one 10-minute device call, so
 # run them as two calls (device tool, carry [".whl"], timeout_s 600):
-#     bash bench/gpu_check.sh tests signals train       # at most 370 s
-#     bash bench/gpu_check.sh rollout step              # at most 420 s
+#     bash bench/gpu_check.sh rollout step              # at most 530 s (first: what issue 5 still needs measured)
+#     bash bench/gpu_check.sh tests signals train       # at most 470 s
 # No argument runs every stage. Results: printed, and written under $OUT (or bench/out): device.txt, tests.txt,
 # signals.txt/json, rollout.txt, step.txt/json, train.txt/json. Each stage has its own time limit, so one stage that
 # hangs does not cost the others.
@@ -40,18 +40,23 @@ stage() {  # name, limit (s), command...
   echo "==== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s ===="
 }
 
-# tests: the GPU paths (Triton kernels compiled, not interpreted) against the float64 references. 41 s on an H200.
-want tests && stage tests 60 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_triton_signals.py tests/test_signals.py tests/test_sampling.py
+# tests: the GPU paths (Triton kernels compiled, not interpreted, the compiled decode) against the references.
+#   41 s on an H200 before the compiled-decode test was added.
+want tests && stage tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_triton_signals.py tests/test_signals.py tests/test_sampling.py
 # signals: the issue's shape, 16,384 tokens, Qwen2.5-1.5B head (d 1536, V 151,936), bf16; Triton (fused) and the
 #   PyTorch path (fused-torch), two chunk sizes. 90 s.
-want signals && stage signals 110 python3 bench/signals.py --preset issue --rounds 1 --repeats 5 --json "$OUT/signals.json" \
-  --variants matmul,naive,fused,fused@2048,fused-torch,naive+bwd,fused+bwd,fused-torch+bwd
+#   fused@2048#4096x8 and fused@2048#1024x4: other launch shapes of the Triton forward kernel (lanes x warps).
+want signals && stage signals 150 python3 bench/signals.py --preset issue --rounds 1 --repeats 5 --json "$OUT/signals.json" \
+  --variants matmul,naive,fused,fused@2048,fused@2048#4096x8,fused@2048#1024x4,fused-torch,naive+bwd,fused+bwd,fused-torch+bwd
 # train: the largest update micro-batch, then real INTUITOR steps (train() itself) on Qwen2.5-1.5B, bf16 autocast,
 #   1,024-token responses. About 190 s (the first step warms up: 83 s, the second 41 s).
 want train && stage train 200 python3 bench/gpu_check.py --prompts 8 --steps 2 --time-budget 90 --output "$OUT/train.json"
-# rollout: random-init Qwen2.5-0.5B, 16 prompts x G=8 x 256 tokens; HF generate dynamic and static cache, rlif.
-want rollout && stage rollout 120 python3 bench/rollout.py --gpu-shape --rounds 1 --static
+# rollout: random-init Qwen2.5-0.5B, 16 prompts x G=8 x 256 tokens; HF generate dynamic and static cache, rlif's
+#   dynamic, static and compiled decode (both static-cache variants compile in their warm-up).
+want rollout && stage rollout 200 python3 bench/rollout.py --gpu-shape --rounds 1 --static
 # step: one training step vs TRL's GRPOTrainer at the same shape (TRL runs need the carried wheels). About 60 s a run.
-if [ "$HAVE_TRL" = 1 ]; then RUNS=trl,trl+sc,rlif-length,rlif; else RUNS=rlif-length,rlif; echo "trl not importable: TRL runs skipped"; fi
-want step && stage step 300 python3 bench/step.py --gpu-shape --rounds 1 --steps 2 --runs "$RUNS" --json "$OUT/step.json"
+#   rlif runs with the compiled decode (rollout.decode: compiled; step 1, not timed, compiles).
+RLIF_RUNS=rlif-length@compiled,rlif@compiled
+if [ "$HAVE_TRL" = 1 ]; then RUNS=trl,trl+sc,$RLIF_RUNS; else RUNS=$RLIF_RUNS; echo "trl not importable: TRL runs skipped"; fi
+want step && stage step 330 python3 bench/step.py --gpu-shape --rounds 1 --steps 2 --runs "$RUNS" --json "$OUT/step.json"
 exit 0

@@ -9,8 +9,10 @@ full-length responses). Completion tokens/s counts each response up to its EOS. 
 the table reports medians and the ratio to `hf-generate` measured in the same run.
   hf-generate         model.generate(num_return_sequences=G), dynamic cache (what TRL's GRPOTrainer calls)
   hf-generate-static  the same with cache_implementation="static" (compiled decode step; GPU only, --static)
-  rlif                rlif.sampling.sample with per-token signals (what the trainer runs)
+  rlif                rlif.sampling.sample with per-token signals (what the trainer runs; decode="dynamic")
   rlif-no-signals     the same without signals
+  rlif-static         rlif with decode="static": fixed-shape KV cache, finished rows ride along, no host waits
+  rlif-compiled       rlif with decode="compiled": static + torch.compile (CUDA graphs on GPU; --static)
 """
 
 from __future__ import annotations
@@ -40,12 +42,13 @@ def hf_generate(model, tokenizer, texts, args, static=False):
     return sum(next((i + 1 for i, t in enumerate(row) if t in eos), len(row)) for row in completions)
 
 
-def rlif_sample(model, tokenizer, prompt_ids, args, track_signals=True):
+def rlif_sample(model, tokenizer, prompt_ids, args, track_signals=True, decode="dynamic"):
     from rlif.sampling import sample
 
     samples = sample(
         model, prompt_ids, num_samples=args.group, max_new_tokens=args.tokens, eos_ids=eos_ids(tokenizer),
         temperature=args.temperature, seed=0, batch_size=len(prompt_ids) * args.group, track_signals=track_signals,
+        decode=decode,
     )
     return sum(len(r) for r in samples.responses)
 
@@ -63,7 +66,7 @@ def main(argv=None):
     parser.add_argument("--tokens", type=int, default=None)
     parser.add_argument("--temperature", type=float, default=0.9)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--static", action="store_true", help="also time generate with the static cache (first call compiles)")
+    parser.add_argument("--static", action="store_true", help="also time the compiled paths: generate with the static cache, rlif-compiled (first calls compile)")
     args = parser.parse_args(argv)
     gpu = torch.cuda.is_available()
     defaults = dict(model="qwen2.5-0.5b", prompts=16, group=8, tokens=256) if args.gpu_shape else dict(model="cpu-tiny", prompts=4, group=4, tokens=64)
@@ -80,9 +83,11 @@ def main(argv=None):
         "hf-generate": lambda: hf_generate(model, tokenizer, texts, args),
         "rlif": lambda: rlif_sample(model, tokenizer, prompt_ids, args),
         "rlif-no-signals": lambda: rlif_sample(model, tokenizer, prompt_ids, args, track_signals=False),
+        "rlif-static": lambda: rlif_sample(model, tokenizer, prompt_ids, args, decode="static"),
     }
     if args.static:
         variants["hf-generate-static"] = lambda: hf_generate(model, tokenizer, texts, args, static=True)
+        variants["rlif-compiled"] = lambda: rlif_sample(model, tokenizer, prompt_ids, args, decode="compiled")
     # Warm-up (kernels, allocator pools; the static cache compiles here): not timed.
     for name, fn in variants.items():
         start = time.perf_counter()

@@ -10,7 +10,8 @@ Variants (each measured in a fresh subprocess, so one variant's allocations cann
   naive+bwd   naive log-prob forward + backward to the hidden states and the weight (the update)
   fused+bwd   hidden_signals(logprobs_only=True) forward + recomputing backward
   fused-torch, fused-torch+bwd   the same with backend="torch" (on CUDA, `fused` runs the Triton kernels)
-  Any fused variant takes a chunk size after '@' (`fused@2048`) to compare chunk sizes in one run.
+  Any fused variant takes a chunk size after '@' (`fused@2048`) to compare chunk sizes in one run, and the Triton
+  forward kernel's lanes per row and warps after '#' (`fused@2048#4096x8`; default rlif.triton_signals.FORWARD_LAUNCH).
 
 Peak extra memory: on CPU, the subprocess builds its inputs, runs one small warm-up, resets the kernel's peak
 resident-set counter (/proc/self/clear_refs), reads its resident set size, runs the variant once and reads the peak
@@ -33,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from rlif import triton_signals
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import current_rss_bytes, device_name, gib, peak_rss_bytes, reset_peak_rss, sync, table, timed, versions  # noqa: E402
 
@@ -41,6 +44,7 @@ PRESETS = {
     "issue": dict(tokens=16384, d=1536, vocab=151936, chunk=512, dtype="bfloat16"),  # chunk 512: < 1 GiB of blocks
 }
 FORWARD = ["matmul", "naive", "fused"]
+DEFAULT_LAUNCH = triton_signals.FORWARD_LAUNCH
 BACKWARD = ["naive+bwd", "fused+bwd"]
 
 
@@ -71,6 +75,9 @@ def run_variant(variant, hidden, weight, targets, args):
     from rlif.signals import hidden_signals
 
     temperature = args.temperature
+    variant, _, launch = variant.partition("#")
+    # The Triton forward kernel's lanes per row and warps (e.g. fused#4096x8); variants alternate in one process.
+    triton_signals.FORWARD_LAUNCH = tuple(int(x) for x in launch.split("x")) if launch else DEFAULT_LAUNCH
     variant, _, chunk = variant.partition("@")
     chunk = int(chunk) if chunk else args.chunk
     backend = "torch" if variant.startswith("fused-torch") else "auto"

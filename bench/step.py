@@ -17,6 +17,8 @@ Runs (each in a fresh subprocess; rounds alternate the order):
                 policy again (bench/step_rewards.py)
   rlif-length   rlif, reward = response length (needs no model)
   rlif          rlif INTUITOR, reward = self-certainty
+A suffix picks rlif's decode loop (rollout.decode; default dynamic): rlif@compiled, rlif-length@compiled (static KV cache
+and CUDA graphs, for GPUs), rlif@static.
 Step time is the median over steps 2..S (step 1 warms up); completion tokens/s = completion tokens / step time.
 Peak memory: CUDA max_memory_allocated over the run; on CPU the peak resident set size during the run minus the
 resident set size after imports (both trainers then hold the same model, reference and optimizer).
@@ -40,6 +42,7 @@ sys.path.insert(0, str(BENCH))
 from common import SYSTEM_PROMPT, PROMPTS_FILE, build_model, current_rss_bytes, device_name, gib, load_tokenizer, peak_rss_bytes, reset_peak_rss, table, versions  # noqa: E402
 
 RUNS = ["trl", "trl+sc", "rlif-length", "rlif"]
+PHASES = ["generate", "score", "update"]  # rlif's step: rollouts (with answer extraction), reference pass, update
 
 
 def prepare(work: Path, size: str) -> tuple[Path, Path]:
@@ -57,7 +60,7 @@ def prepare(work: Path, size: str) -> tuple[Path, Path]:
     return model_dir, data
 
 
-def run_rlif(args, work: Path, reward: str) -> dict:
+def run_rlif(args, work: Path, reward: str, decode: str) -> dict:
     import yaml
 
     from rlif.config import load_config
@@ -70,7 +73,7 @@ def run_rlif(args, work: Path, reward: str) -> dict:
                   "gradient_checkpointing": args.gradient_checkpointing == "on"},
         "data": {"path": str(args.data), "label_field": None, "system_prompt": SYSTEM_PROMPT, "max_prompt_tokens": 2048},
         "rollout": {"group_size": args.group, "temperature": 0.9, "top_p": 1.0, "max_new_tokens": args.tokens,
-                    "generation_batch_size": args.prompts * args.group},
+                    "generation_batch_size": args.prompts * args.group, "decode": decode},
         "train": {"prompts_per_step": args.prompts, "steps": args.steps, "lr": 1e-6, "kl_coef": 0.005,
                   "micro_batch_size": args.micro_batch, "score_batch_size": args.micro_batch},
         "reward": {"name": reward},
@@ -82,7 +85,8 @@ def run_rlif(args, work: Path, reward: str) -> dict:
     metrics = read_jsonl(out / "metrics.jsonl")
     steps = [m for m in metrics if "time/step_s" in m]
     return {"step_s": [m["time/step_s"] for m in steps],
-            "tokens": [m["time/tokens_per_s"] * m["time/step_s"] for m in steps]}
+            "tokens": [m["time/tokens_per_s"] * m["time/step_s"] for m in steps],
+            "phases": {phase: [m[f"time/{phase}_s"] for m in steps] for phase in PHASES}}
 
 
 def run_trl(args, work: Path, with_self_certainty: bool) -> dict:
@@ -154,10 +158,10 @@ def worker(args) -> dict:
         result = run_trl(args, work, with_self_certainty=False)
     elif args.worker == "trl+sc":
         result = run_trl(args, work, with_self_certainty=True)
-    elif args.worker == "rlif-length":
-        result = run_rlif(args, work, "step_rewards:response_length")
     else:
-        result = run_rlif(args, work, "self_certainty")
+        name, _, decode = args.worker.partition("@")
+        reward = "step_rewards:response_length" if name == "rlif-length" else "self_certainty"
+        result = run_rlif(args, work, reward, decode or "dynamic")
     result["peak_bytes"] = torch.cuda.max_memory_allocated() if gpu else peak_rss_bytes() - before
     return result
 
@@ -193,7 +197,11 @@ def main(argv=None):
         return 0
 
     runs = args.runs.split(",")
-    results = {run: {"step_s": [], "tokens_per_s": [], "peak": []} for run in runs}
+    for run in runs:
+        name, _, decode = run.partition("@")
+        if name not in RUNS or (decode and (name.startswith("trl") or decode not in ("dynamic", "static", "compiled"))):
+            parser.error(f"--runs: unknown run {run!r}: expected {', '.join(RUNS)}, an rlif run may end in @static or @compiled")
+    results = {run: {"step_s": [], "tokens_per_s": [], "peak": [], **{phase: [] for phase in PHASES}} for run in runs}
     with tempfile.TemporaryDirectory(prefix="rlif-bench-") as tmp:
         work = Path(tmp)
         model_dir, data = prepare(work, args.model)
@@ -212,6 +220,8 @@ def main(argv=None):
                 results[run]["step_s"] += [s for s, _ in timed]
                 results[run]["tokens_per_s"] += [n / s for s, n in timed]
                 results[run]["peak"].append(record["peak_bytes"])
+                for phase, seconds in record.get("phases", {}).items():
+                    results[run][phase] += seconds[1:]
                 print(f"  round {round_index + 1} {run}: steps {[round(s, 2) for s in record['step_s']]} s, "
                       f"tokens/step {[round(n) for n in record['tokens']]}, peak {gib(record['peak_bytes'])} "
                       f"({time.perf_counter() - start:.0f} s)", file=sys.stderr)
@@ -234,8 +244,13 @@ def main(argv=None):
     if base:
         headers += ["tokens/s vs trl", "memory vs trl"]
     print(table(headers, rows))
-    if "rlif" in results and "rlif-length" in results:
-        print(f"INTUITOR step time / model-free step time (rlif): {med('rlif', 'step_s') / med('rlif-length', 'step_s'):.3f}")
+    for run in runs:
+        if results[run]["generate"]:
+            print(f"{run} phases (median s): " + ", ".join(f"{phase} {med(run, phase):.2f}" for phase in PHASES))
+    for decode in ("", "@static", "@compiled"):
+        if f"rlif{decode}" in results and f"rlif-length{decode}" in results:
+            ratio = med(f"rlif{decode}", "step_s") / med(f"rlif-length{decode}", "step_s")
+            print(f"INTUITOR step time / model-free step time (rlif{decode}): {ratio:.3f}")
     if "trl+sc" in results and "trl" in results:
         print(f"self-certainty by an extra forward / model-free step time (TRL): {med('trl+sc', 'step_s') / med('trl', 'step_s'):.3f}")
     if args.json:

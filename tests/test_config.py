@@ -51,6 +51,7 @@ def test_string_override_is_kept_verbatim(tmp_path):
         ("train.lr", "expected section.field=value"),
         ("reward.name=nope", "reward.name = 'nope': unknown reward; registered: correctness"),
         ("rollout.top_p=0", "rollout.top_p = 0.0: expected a number in (0, 1]"),
+        ("rollout.decode=fast", "rollout.decode = 'fast': expected one of 'dynamic', 'static', 'compiled'"),
         ("train.adam_betas=[0.9]", "train.adam_betas = [0.9]: expected two numbers in [0, 1)"),
     ],
 )

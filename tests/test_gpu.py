@@ -87,3 +87,21 @@ def test_training_steps_on_cuda(tmp_path, tiny_model_dir, addition_data):
     train(load_config(path))
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert len(metrics) == 3 and all(torch.isfinite(torch.tensor(m["loss/policy"])) for m in metrics)
+
+
+@pytest.mark.parametrize("decode", ["static", "compiled"])
+def test_static_and_compiled_decode_on_cuda_draw_what_the_dynamic_one_draws(tiny_model_dir, decode):
+    from rlif.models import eos_token_ids, load_model, load_tokenizer
+    from rlif.sampling import sample
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model, tokenizer = load_model(str(tiny_model_dir)).cuda().eval(), load_tokenizer(str(tiny_model_dir))
+    eos = eos_token_ids(tokenizer, model)
+    prompts = [tokenizer(p, add_special_tokens=False).input_ids for p in ["1+2=", "123+45=", "7="]]
+    kwargs = dict(num_samples=4, max_new_tokens=24, eos_ids=eos, batch_size=8, temperature=0.9, seed=3, track_signals=True)
+    expected = sample(model, prompts, decode="dynamic", **kwargs)
+    for _ in range(2):  # the second compiled call replays the CUDA graphs recorded by the first
+        got = sample(model, prompts, decode=decode, **kwargs)
+        assert got.responses == expected.responses and got.truncated == expected.truncated
+        torch.testing.assert_close(got.self_certainty, expected.self_certainty, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(got.logprob, expected.logprob, rtol=1e-4, atol=1e-4)

@@ -121,6 +121,10 @@ def test_unsupported_distributed_modes_fail_with_the_reason(tmp_path, tiny_model
     check_supported_setup(accelerator(DistributedType.NO, processes=1), own_device)
     check_supported_setup(accelerator(DistributedType.MULTI_CPU), lora)  # LoRA under DDP is fine
     check_supported_setup(accelerator(DistributedType.FSDP, fsdp2=True), full)
+    compiled = load_config(lora_config(tmp_path, tiny_model_dir, addition_data), ["lora.rank=0", "rollout.decode=compiled"])
+    with pytest.raises(ConfigError, match="rollout.decode = 'compiled' is not supported under FSDP2"):
+        check_supported_setup(accelerator(DistributedType.FSDP, fsdp2=True), compiled)
+    check_supported_setup(accelerator(DistributedType.MULTI_CPU), compiled)
 
 
 @pytest.mark.parametrize("rank", [0, 4])

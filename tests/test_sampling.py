@@ -1,12 +1,13 @@
-"""The KV-cache sampler: exact greedy, keyed randomness, nucleus, signals from the sampling pass."""
+"""The KV-cache sampler: exact greedy, keyed randomness, nucleus, signals from the sampling pass, decode loops."""
 
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from rlif.models import eos_token_ids, load_model, load_tokenizer
-from rlif.sampling import draw_tokens, keyed_uniform, sample
+from rlif.sampling import _COMPILED_DECODERS, draw_tokens, keyed_uniform, keyed_uniform_tensor, sample
 from rlif.score import pad_pairs
 from rlif.scoring import SignalModel
 
@@ -40,6 +41,17 @@ def test_keyed_uniform():
     assert np.array_equal(u, keyed_uniform(5, keys, ids, 3))
     for other in (keyed_uniform(6, keys, ids, 3), keyed_uniform(5, keys, ids + 1, 3), keyed_uniform(5, keys, ids, 4)):
         assert np.mean(u == other) < 0.001
+
+
+def test_keyed_uniform_tensor_has_the_bits_of_the_numpy_reference():
+    rng = np.random.default_rng(0)
+    keys = np.concatenate([rng.integers(0, 2**62, 3000), np.arange(100)])
+    ids = rng.integers(0, 64, keys.size)
+    for seed in (0, 7, 2**63 + 5, (1 << 63) - 1):
+        for position in (0, 1, 4095):
+            expected = keyed_uniform(seed, keys, ids, position)
+            got = keyed_uniform_tensor(seed, torch.from_numpy(keys), torch.from_numpy(ids), position)
+            assert got.dtype == torch.float64 and np.array_equal(got.numpy(), expected)
 
 
 def test_greedy_equals_hf_generate(loaded):
@@ -95,3 +107,63 @@ def test_nucleus_sampling_distribution(loaded):
     assert keep.sum() >= 2 and keep.sum() < probs.shape[0] - 2
     assert counts[nucleus == 0].sum() == 0
     assert 0.5 * (counts / counts.sum() - nucleus).abs().sum() < 0.03
+
+
+def _assert_same_samples(expected, got, track_signals):
+    assert got.responses == expected.responses and got.truncated == expected.truncated
+    if track_signals:
+        for name in ("logprob", "self_certainty", "entropy"):
+            torch.testing.assert_close(getattr(got, name), getattr(expected, name), rtol=1e-5, atol=1e-5)
+        for name in ("logprobs", "self_certainty", "entropy"):
+            torch.testing.assert_close(getattr(got.token_signals, name), getattr(expected.token_signals, name), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"greedy": True},
+        {"temperature": 0.9, "seed": 3},
+        {"temperature": 0.7, "top_p": 0.8, "seed": 4},
+        {"temperature": 1.0, "seed": 5, "frequent_eos": True},  # rows end at different steps, all of them early
+    ],
+)
+@pytest.mark.parametrize("track_signals", [False, True])
+@pytest.mark.parametrize("model_name", ["llama", "qwen2"])
+def test_static_decode_draws_what_the_dynamic_one_draws(loaded, peaky_model_dir, settings, track_signals, model_name):
+    model, _, encoded, eos = loaded
+    if model_name == "qwen2":
+        model = load_model(str(peaky_model_dir)).eval()
+    settings = dict(settings)
+    if settings.pop("frequent_eos", False):
+        eos = list(range(model.config.vocab_size // 2))
+    # 3 prompts x 4 samples in batches of 2 prompts: the second batch fills its rows with copies.
+    kwargs = dict(num_samples=4, max_new_tokens=40, eos_ids=eos, batch_size=8, track_signals=track_signals, **settings)
+    dynamic = sample(model, encoded, decode="dynamic", **kwargs)
+    static = sample(model, encoded, decode="static", **kwargs)
+    _assert_same_samples(dynamic, static, track_signals)
+    lengths = [len(r) for r in dynamic.responses]
+    assert max(lengths) > 1 and (min(lengths) < 40 or settings.get("greedy"))
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")), reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_decode_draws_the_same_and_compiles_once(loaded):
+    model, _, encoded, eos = loaded
+    kwargs = dict(num_samples=4, max_new_tokens=20, eos_ids=eos, batch_size=8, temperature=0.9, seed=3, track_signals=True)
+    dynamic = sample(model, encoded, decode="dynamic", **kwargs)
+    torch._dynamo.reset()
+    before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    _assert_same_samples(dynamic, sample(model, encoded, decode="compiled", **kwargs), track_signals=True)
+    decoder = _COMPILED_DECODERS[model][8]
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert graphs > before  # the decode step was compiled
+    # A second call (other prompts, shorter, fewer) reuses the cache and the graph: nothing is compiled again.
+    again = sample(model, encoded[:1], decode="compiled", **{**kwargs, "max_new_tokens": 7})
+    assert again.responses == sample(model, encoded[:1], decode="dynamic", **{**kwargs, "max_new_tokens": 7}).responses
+    assert _COMPILED_DECODERS[model][8] is decoder
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+
+
+def test_unknown_decode_mode_is_refused(loaded):
+    model, _, encoded, eos = loaded
+    with pytest.raises(ValueError, match="decode='fast'.*dynamic, static, compiled"):
+        sample(model, encoded, max_new_tokens=2, eos_ids=eos, decode="fast")

@@ -216,3 +216,18 @@ def test_resume_before_the_first_checkpoint_starts_clean(tmp_path, tiny_model_di
     shutil.rmtree(tmp_path / "run" / "checkpoints")  # as if killed after logging, before the first save
     train(load_config(config_path, ["run.resume=true"]))
     assert comparable(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == expected  # no duplicated lines
+
+
+def test_static_decode_trains_the_same_run(tmp_path, tiny_model_dir, addition_data):
+    """rollout.decode changes how rollouts and evaluation answers are decoded, not what is drawn."""
+    runs = {}
+    for decode in ("dynamic", "static"):
+        config_path = tiny_config(tmp_path, tiny_model_dir, addition_data, name=decode, train={"steps": 3},
+                                  rollout={"decode": decode}, eval={"path": str(addition_data), "limit": 4, "num_samples": 2, "every": 3})
+        train(load_config(config_path))
+        runs[decode] = comparable(read_jsonl(tmp_path / decode / "metrics.jsonl"))
+    assert [sorted(m) for m in runs["static"]] == [sorted(m) for m in runs["dynamic"]]
+    for static, dynamic in zip(runs["static"], runs["dynamic"]):
+        assert static == pytest.approx(dynamic, rel=1e-4, abs=1e-5)  # kl_ref: a difference of log-probs
+    answers = {decode: [r["response"] for r in read_jsonl(tmp_path / decode / "eval" / "step_000003.jsonl")] for decode in runs}
+    assert answers["static"] == answers["dynamic"]

@@ -23,7 +23,7 @@ def device():
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 @pytest.mark.parametrize("logprobs_only", [False, True])
 def test_triton_forward_and_backward_match_float64(shape, temperature, logprobs_only, monkeypatch):
-    monkeypatch.setattr(triton_signals, "_block_size", lambda vocab: 16)  # many tiles: the online max moves often
+    monkeypatch.setattr(triton_signals, "_block_size", lambda vocab, largest=4096: 16)  # many tiles: the online max moves often
     n, d, vocab, chunk = shape
     generator = torch.Generator().manual_seed(n + vocab)
     hidden = (torch.randn(n, d, generator=generator) * 2).to(device()).requires_grad_()
@@ -38,7 +38,7 @@ def test_triton_forward_and_backward_match_float64(shape, temperature, logprobs_
 
 
 def test_triton_keeps_relative_precision_on_peaked_rows_and_ties(monkeypatch):
-    monkeypatch.setattr(triton_signals, "_block_size", lambda vocab: 16)
+    monkeypatch.setattr(triton_signals, "_block_size", lambda vocab, largest=4096: 16)
     torch.manual_seed(2)
     logits = torch.randn(10, 50) * 300  # entropies down to ~1e-30
     logits[8, [3, 40]] = logits[8].max() + 1.0  # a tie at the max, in different tiles
@@ -63,3 +63,20 @@ def test_triton_reads_bf16_logits_without_a_float32_block():
     assert_close(out[0], ref_logprobs, rtol=1e-5, atol=1e-6)
     assert_close(out[1], ref_sc, rtol=1e-4, atol=1e-6)
     assert_close(out[2], ref_entropy, rtol=1e-4, atol=1e-6)
+
+
+def test_triton_default_launch_over_several_tiles_and_a_ragged_end():
+    torch.manual_seed(4)
+    vocab = 2 * triton_signals.FORWARD_LAUNCH[0] + 97  # lanes past the end of the row in the last tile
+    logits = torch.randn(3, vocab) * 6
+    logits[1, -1] = 40.0  # the row max in the ragged tile
+    targets = torch.tensor([0, vocab - 1, 5])
+    for temperature in (1.0, 0.8):
+        out = triton_signals.forward(logits.to(device()), targets.to(device()), temperature, logprobs_only=False)
+        ref_logprobs, ref_sc, ref_entropy = reference_exact(logits, targets, temperature)
+        assert_close(out[0], ref_logprobs, rtol=1e-5, atol=1e-6)
+        assert_close(out[1], ref_sc, rtol=1e-5)
+        assert_close(out[2], ref_entropy, rtol=1e-4)
+        only = triton_signals.forward(logits.to(device()), targets.to(device()), temperature, logprobs_only=True)
+        assert_close(only[0], ref_logprobs, rtol=1e-5, atol=1e-6)
+

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from rlif.config import ConfigError
+from rlif.config import DECODE_MODES, ConfigError
 from rlif.data import DataError
 from rlif.models import ModelLoadError
 from rlif.registry import ModelInstallError
@@ -91,6 +91,7 @@ def cmd_eval(args) -> None:
         borda_p=args.borda_p,
         dtype=args.dtype,
         batch_size=args.batch_size,
+        decode=args.decode,
         progress=not args.no_progress,
     )
     summary = run_eval(settings)
@@ -218,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--borda-p", type=float, default=None, help="Borda power p (default 0.3 for N <= 16, 1.2 for N >= 32)")
     evaluate.add_argument("--dtype", default=None, choices=["float32", "float64", "bfloat16", "float16"])
     evaluate.add_argument("--batch-size", type=int, default=None, help="sequences per decode batch (default 64; does not change the responses)")
+    evaluate.add_argument(
+        "--decode", default=None, choices=DECODE_MODES,
+        help="decode loop (default dynamic; compiled = static cache + CUDA graphs, for GPUs; same responses)",
+    )
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.set_defaults(func=cmd_eval)
 

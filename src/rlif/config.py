@@ -86,6 +86,9 @@ class DataConfig:
         _require(self.max_prompt_tokens > 0, "data.max_prompt_tokens", self.max_prompt_tokens, "a positive integer")
 
 
+DECODE_MODES = ("dynamic", "static", "compiled")  # rlif.sampling.sample(decode=...), RolloutConfig.decode
+
+
 @dataclass
 class RolloutConfig:
     group_size: int = 7
@@ -98,6 +101,9 @@ class RolloutConfig:
     """Responses stop at EOS or after this many tokens (then counted as truncated)."""
     generation_batch_size: int = 64
     """Sequences per `generate` call (memory knob; does not change the result's distribution)."""
+    decode: Literal["dynamic", "static", "compiled"] = "dynamic"
+    """Decode loop: dynamic (growing cache, finished rows leave at once; best on CPU), static (fixed-shape
+    cache, no host waits), compiled (static + torch.compile with CUDA graphs; for GPUs). All three use the same random numbers."""
 
     def validate(self) -> None:
         _require(self.group_size >= 2, "rollout.group_size", self.group_size, "an integer >= 2 (advantages need a group)")

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlif.config import DEFAULT_SYSTEM_PROMPT, Config, DataConfig, RolloutConfig
+from rlif.config import DECODE_MODES, DEFAULT_SYSTEM_PROMPT, Config, DataConfig, RolloutConfig
 from rlif.data import DataError
 
 SETTINGS_FILE = "settings.json"
@@ -83,6 +83,8 @@ class EvalSettings:
     """Dtype the model is loaded in."""
     batch_size: int = 64
     """Sequences per decode batch (speed and memory only: the responses do not depend on it)."""
+    decode: str = "dynamic"
+    """Decode loop: dynamic, static or compiled (speed only; see rollout.decode)."""
     progress: bool = True
     """Show a progress bar."""
     run_dir: str | None = None
@@ -155,6 +157,7 @@ def resolve_settings(model: str, benchmark: str | None, output_dir: str, *, conf
             "temperature": rollout.temperature,
             "top_p": rollout.top_p,
             "max_new_tokens": run_config.eval.max_new_tokens or rollout.max_new_tokens,
+            "decode": rollout.decode,
         }
         if benchmark is None:
             benchmark = run_config.eval.path
@@ -199,6 +202,7 @@ def validate(settings: EvalSettings) -> None:
         (0 < settings.top_p <= 1, "--top-p", settings.top_p, "a number in (0, 1]"),
         (settings.max_new_tokens >= 1, "--max-new-tokens", settings.max_new_tokens, "a positive integer"),
         (settings.batch_size >= 1, "--batch-size", settings.batch_size, "a positive integer"),
+        (settings.decode in DECODE_MODES, "--decode", settings.decode, f"one of {', '.join(DECODE_MODES)}"),
         (settings.borda_p is None or settings.borda_p >= 0, "--borda-p", settings.borda_p, "a non-negative number"),
         ("{prompt}" in settings.prompt_template, "--prompt-template", settings.prompt_template, "a template containing {prompt}"),
     ]
@@ -354,7 +358,7 @@ def run_eval(settings: EvalSettings) -> dict:
         eos_ids = eos_token_ids(tokenizer, model)
         if finished:
             print(f"resuming {output}: {len(greedy_todo)} greedy and {len(sampled_todo)} sampled problems to go", file=sys.stderr)
-        common = dict(max_new_tokens=settings.max_new_tokens, eos_ids=eos_ids, batch_size=settings.batch_size)
+        common = dict(max_new_tokens=settings.max_new_tokens, eos_ids=eos_ids, batch_size=settings.batch_size, decode=settings.decode)
         total = len(greedy_todo) + n * len(sampled_todo)
         with tqdm(total=total, desc="eval", unit="response", dynamic_ncols=True, disable=not settings.progress) as bar:
             # Greedy answers first, batch_size problems at a time; then N samples, batch_size // N problems at a time.

@@ -43,6 +43,7 @@ def generate_records(
     top_p: float = 1.0,
     seed: int = 0,
     batch_size: int = 64,
+    decode: str = "dynamic",
     problem_ids: Sequence[int] | None = None,
     progress=None,
     reference=None,
@@ -69,6 +70,7 @@ def generate_records(
         seed=seed,
         prompt_keys=problem_ids,
         batch_size=batch_size,
+        decode=decode,
         track_signals=True,
         progress=progress,
     )
@@ -174,6 +176,7 @@ def evaluate(
     top_p: float = 1.0,
     seed: int = 0,
     batch_size: int = 64,
+    decode: str = "dynamic",
     problem_ids: Sequence[int] | None = None,
     reference=None,
     progress=None,
@@ -183,7 +186,8 @@ def evaluate(
     Metrics: greedy/accuracy, greedy/self_certainty, ... and sampled/accuracy, ... (see `summarize`).
     """
     common = dict(
-        max_new_tokens=max_new_tokens, eos_ids=eos_ids, batch_size=batch_size, problem_ids=problem_ids, reference=reference, progress=progress
+        max_new_tokens=max_new_tokens, eos_ids=eos_ids, batch_size=batch_size, decode=decode, problem_ids=problem_ids,
+        reference=reference, progress=progress,
     )
     records = generate_records(model, tokenizer, problems, rendered, answer_format, greedy=True, **common)
     metrics = summarize(records, "greedy/", answer_format)

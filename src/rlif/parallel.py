@@ -30,6 +30,11 @@ def check_supported_setup(accelerator, config: Config) -> None:
             "FSDP version 1 is not supported: set fsdp_version: 2 in the accelerate config "
             "(configs/accelerate/fsdp2.yaml); rlif samples with the full parameters through FSDP2's unshard()"
         )
+    if kind == DistributedType.FSDP and config.rollout.decode == "compiled":
+        raise ConfigError(
+            "config field rollout.decode = 'compiled' is not supported under FSDP2 (its parameters are regathered for "
+            "every rollout, which compiled graphs cannot follow); use 'static' or 'dynamic'"
+        )
     if kind == DistributedType.DEEPSPEED:
         stage = accelerator.state.deepspeed_plugin.zero_stage
         if stage == 3:

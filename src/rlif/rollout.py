@@ -104,6 +104,7 @@ def generate_rollout(
     labels: Sequence[str | None] = (),
     prompt_keys: Sequence[int] | None = None,
     answer_format: AnswerFormat = MATH,
+    decode: str = "dynamic",
     progress=None,
 ) -> Rollout:
     """Sample `group_size` responses to each rendered prompt (see `rlif.sampling.sample`).
@@ -126,6 +127,7 @@ def generate_rollout(
         prompt_keys=prompt_keys,
         batch_size=batch_size,
         track_signals=True,
+        decode=decode,
         progress=progress,
     )
     rows = [i for i in range(len(encoded)) for _ in range(group_size)]  # group members contiguous

@@ -16,13 +16,15 @@ model's generation_config (top-k, repetition penalty, ...) applies.
 from __future__ import annotations
 
 import inspect
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from rlif.config import DECODE_MODES
 from rlif.signals import TokenSignals, block_signals
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -43,6 +45,29 @@ def _splitmix(x):
     return x ^ (x >> np.uint64(31))
 
 
+def _int64(constant: int) -> int:
+    """A 64-bit pattern as the signed integer torch.int64 stores it."""
+    constant &= 0xFFFFFFFFFFFFFFFF
+    return constant - (1 << 64) if constant >= 1 << 63 else constant
+
+
+def _shift_right(x: Tensor, bits: int) -> Tensor:
+    """Logical right shift of int64 bit patterns (torch's >> is arithmetic)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def keyed_uniform_tensor(seed: int, prompt_keys: Tensor, sample_ids: Tensor, position: int) -> Tensor:
+    """`keyed_uniform` on int64 tensors, on their device: the same bits (int64 products wrap mod 2^64)."""
+    golden = _int64(int(_GOLDEN))
+    x = _int64((seed & 0xFFFFFFFFFFFFFFFF) * int(_GOLDEN))
+    for part in (prompt_keys, sample_ids, position):
+        x = x ^ (part + golden)
+        x = (x ^ _shift_right(x, 30)) * _int64(0xBF58476D1CE4E5B9)
+        x = (x ^ _shift_right(x, 27)) * _int64(0x94D049BB133111EB)
+        x = x ^ _shift_right(x, 31)
+    return _shift_right(x, 11).double() * (1.0 / (1 << 53))
+
+
 def draw_tokens(logits: Tensor, uniforms: Tensor, temperature: float, top_p: float = 1.0) -> Tensor:
     """Inverse-CDF draw from softmax(logits / T) (restricted to the top-p nucleus when top_p < 1).
 
@@ -53,10 +78,14 @@ def draw_tokens(logits: Tensor, uniforms: Tensor, temperature: float, top_p: flo
     return draw_from_weights(weights, uniforms, top_p)
 
 
-def draw_from_weights(weights: Tensor, uniforms: Tensor, top_p: float = 1.0, cdf_out: Tensor | None = None) -> Tensor:
+def draw_from_weights(
+    weights: Tensor, uniforms: Tensor, top_p: float = 1.0, cdf_out: Tensor | None = None, host_check: bool = True
+) -> Tensor:
     """Inverse-CDF draw from unnormalized weights (A, V) >= 0 (the draw scales by their total); `weights` is kept.
 
     `cdf_out` (A, V), when given, holds the CDF (a reused block: on CPU a fresh one costs page faults).
+    `host_check=False` never waits for the device (the static decode loop): the rare-case fix below
+    then always runs instead of only when a check on the host finds it needed.
     """
     probs, order = weights, None
     if top_p < 1.0:
@@ -67,16 +96,16 @@ def draw_from_weights(weights: Tensor, uniforms: Tensor, top_p: float = 1.0, cdf
     cdf = torch.cumsum(probs, -1, out=cdf_out) if cdf_out is not None else probs.cumsum(-1)  # (A, V)
     target = uniforms.to(cdf.dtype)[:, None] * cdf[:, -1:]  # (A, 1), scaled: no renormalization needed
     tokens = torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[-1] - 1)  # (A, 1)
-    tokens = _skip_zero_mass(tokens, probs)
+    tokens = _skip_zero_mass(tokens, probs, host_check)
     if order is not None:
         tokens = order.gather(-1, tokens)
     return tokens.squeeze(-1)
 
 
-def _skip_zero_mass(tokens: Tensor, probs: Tensor) -> Tensor:
+def _skip_zero_mass(tokens: Tensor, probs: Tensor, host_check: bool = True) -> Tensor:
     """searchsorted can land on a zero-probability entry when the CDF is flat at the draw; step back."""
     chosen = probs.gather(-1, tokens)  # (A, 1)
-    if bool((chosen > 0).all()):
+    if host_check and bool((chosen > 0).all()):
         return tokens
     nonzero = probs > 0  # (A, V)
     positions = torch.arange(probs.shape[-1], device=probs.device).expand_as(probs)
@@ -108,6 +137,10 @@ def _cache_argument(model) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
+# The static loop asks the device whether every row has finished once per this many steps (one sync each).
+FINISH_CHECK_EVERY = 16
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -123,6 +156,7 @@ def sample(
     prompt_keys: Sequence[int] | None = None,
     batch_size: int = 64,
     track_signals: bool = False,
+    decode: str = "dynamic",
     progress=None,
 ) -> Samples:
     """Sample `num_samples` responses to each prompt (token id lists, unpadded).
@@ -130,25 +164,39 @@ def sample(
     `prompt_keys` (default: the prompt's index) names each prompt in the random stream: give the same key
     to the same prompt and you get the same samples wherever it is batched. `batch_size` counts sequences
     per decode batch (prompts per batch = batch_size // num_samples, at least 1).
+
+    `decode` picks the decode loop; all three draw the same tokens from the same uniforms:
+    - "dynamic": a growing cache; finished rows leave the batch at once (the fastest on CPU).
+    - "static": a preallocated cache of fixed shape, reused across batches and calls; finished rows
+      ride along until the whole batch is done, and the loop never waits for the device.
+    - "compiled": "static" with the decode forward compiled (`torch.compile`, CUDA graphs on GPU), for
+      GPUs, where a small model's decode step is bound by kernel launches.
     """
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode={decode!r}: expected one of {', '.join(DECODE_MODES)}")
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    keys = np.asarray(prompt_keys if prompt_keys is not None else range(len(prompts)), dtype=np.int64)
+    keys = torch.as_tensor(prompt_keys if prompt_keys is not None else range(len(prompts)), dtype=torch.long)
     rows = len(prompts) * num_samples
-    # Written one step at a time with one indexing op each: no per-row Python work per token.
     tokens_out = torch.zeros(rows, max_new_tokens, dtype=torch.long)  # (rows, max_new_tokens)
     lengths = torch.zeros(rows, dtype=torch.long)  # (rows,)
     truncated = torch.zeros(rows, dtype=torch.bool)  # (rows,)
     per_token = torch.zeros(rows, max_new_tokens, 3) if track_signals else None  # logprob, self-certainty, entropy
+    pick = _Picker(seed, temperature, top_p, greedy, track_signals)
     eos = torch.tensor(list(eos_ids), device=device)
-    cache_kw = _cache_argument(model)
+    prompts_per_batch = max(1, batch_size // num_samples)
+    static = None
+    if decode != "dynamic":
+        width = max(len(p) for p in prompts) if prompts else 1
+        # Compiled graphs are kept: one batch shape for every call (short calls fill it with copies).
+        prompts_in_batch = prompts_per_batch if decode == "compiled" else min(prompts_per_batch, len(prompts))
+        static = _StaticDecoder.get(model, prompts_in_batch * num_samples, width + max_new_tokens, decode == "compiled")
     was_training = model.training
     model.eval()
 
     # Similar lengths share a batch: little left padding.
     by_length = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    prompts_per_batch = max(1, batch_size // num_samples)
     for start in range(0, len(by_length), prompts_per_batch):
         batch = by_length[start : start + prompts_per_batch]
         width = max(len(prompts[i]) for i in batch)
@@ -160,65 +208,35 @@ def sample(
         input_ids, attention = input_ids.to(device), attention.to(device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)  # (B, W)
 
-        # ---- prefill once per prompt, then repeat the cache for its samples ----
+        # ---- prefill once per prompt; its cache serves all of the prompt's samples ----
         cache = DynamicCache()
-        out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
-        logits = out.logits[:, -1]  # (B, V)
-        if num_samples > 1:
-            cache.batch_repeat_interleave(num_samples)
-            logits = logits.repeat_interleave(num_samples, 0)
-            attention = attention.repeat_interleave(num_samples, 0)
-        next_position = attention.sum(-1, keepdim=True)  # (A, 1) position id of the next token
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{_cache_argument(model): cache},
+        )
         row_ids = torch.tensor([i * num_samples + j for i in batch for j in range(num_samples)])  # (A,) output rows
-        row_keys = np.repeat(keys[batch], num_samples)  # (A,)
-        row_sample = np.tile(np.arange(num_samples), len(batch))  # (A,)
-        # Two (A, V) float32 blocks reused by every step of this batch: the draw's weights and its CDF.
-        scratch = torch.empty(2, *logits.shape, device=device) if track_signals else None
-
-        # ---- decode: draw, record, drop finished rows, extend ----
-        for t in range(max_new_tokens):
-            if greedy:
-                tokens = logits.argmax(-1)  # (A,)
-            else:
-                uniforms = torch.from_numpy(keyed_uniform(seed, row_keys, row_sample, t)).to(device)
-            if track_signals:
-                # In place on this step's logits (not needed again); one exp((z - max) / T) serves the draw
-                # and the log-prob.
-                num_rows = logits.shape[0]
-                draw = tokens if greedy else (lambda weights: draw_from_weights(weights, uniforms, top_p, scratch[1, :num_rows]))
-                step = block_signals(logits.float(), draw, 1.0 if greedy else temperature, scratch=scratch[0, :num_rows])
-                tokens = step.targets  # (A,)
-                per_token[row_ids, t] = torch.stack([step.logprobs, step.self_certainty, step.entropy], -1).cpu()
-            elif not greedy:
-                tokens = draw_tokens(logits, uniforms, temperature, top_p)  # (A,)
-            tokens_out[row_ids, t] = tokens.cpu()
-            lengths[row_ids] = t + 1
-            finished = torch.isin(tokens, eos)  # (A,)
-            if t == max_new_tokens - 1:
-                truncated[row_ids] = ~finished.cpu()
-                if progress is not None:
-                    progress.update(len(row_ids))
-                break
-            if bool(finished.any()):
-                if progress is not None:
-                    progress.update(int(finished.sum()))
-                keep = (~finished).nonzero().squeeze(-1)  # (A',)
-                if keep.numel() == 0:
-                    break
-                cache.batch_select_indices(keep)
-                tokens, attention, next_position = tokens[keep], attention[keep], next_position[keep]
-                keep_cpu = keep.cpu()
-                row_ids, row_keys, row_sample = row_ids[keep_cpu], row_keys[keep_cpu.numpy()], row_sample[keep_cpu.numpy()]
-            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)  # (A, W + t + 1)
-            out = model(
-                input_ids=tokens[:, None],
-                attention_mask=attention,
-                position_ids=next_position,
-                use_cache=True,
-                **{cache_kw: cache},
-            )
-            logits = out.logits[:, -1]  # (A, V)
-            next_position = next_position + 1
+        batch_rows = _BatchRows(
+            logits=out.logits[:, -1].repeat_interleave(num_samples, 0),  # (A, V)
+            attention=attention.repeat_interleave(num_samples, 0),  # (A, W)
+            keys=keys[batch].repeat_interleave(num_samples).to(device),  # (A,) prompt keys
+            sample_ids=torch.arange(num_samples).repeat(len(batch)).to(device),  # (A,)
+        )
+        if static is None:
+            cache.batch_repeat_interleave(num_samples)
+            record = _decode_dynamic(model, cache, batch_rows, pick, eos, max_new_tokens)
+        else:
+            record = static.decode(model, cache, num_samples, batch_rows, pick, eos, max_new_tokens)
+        tokens, batch_lengths, batch_truncated, signals = record
+        tokens_out[row_ids, : tokens.shape[1]] = tokens
+        lengths[row_ids], truncated[row_ids] = batch_lengths, batch_truncated
+        if track_signals:
+            per_token[row_ids, : signals.shape[1]] = signals
+        if progress is not None:
+            progress.update(len(row_ids))
     model.train(was_training)
 
     responses = [tokens_out[r, :n].tolist() for r, n in enumerate(lengths.tolist())]
@@ -230,3 +248,164 @@ def sample(
         means = (per_token.double().sum(1) / lengths.clamp(min=1)[:, None]).float()  # (rows, 3)
         samples.logprob, samples.self_certainty, samples.entropy = means[:, 0], means[:, 1], means[:, 2]
     return samples
+
+
+@dataclass
+class _BatchRows:
+    """The A = prompts x samples rows of one decode batch, sample j of prompt i at row i * n + j."""
+
+    logits: Tensor  # (A, V) the prefill's last-position logits
+    attention: Tensor  # (A, W) 1 on prompt tokens (left-padded)
+    keys: Tensor  # (A,) prompt keys of the random stream
+    sample_ids: Tensor  # (A,)
+
+    def select(self, keep: Tensor) -> _BatchRows:
+        return _BatchRows(self.logits[keep], self.attention[keep], self.keys[keep], self.sample_ids[keep])
+
+
+@dataclass
+class _Picker:
+    """Draws (or takes the argmax of) each row's next token; with `track_signals`, also scores it."""
+
+    seed: int
+    temperature: float
+    top_p: float
+    greedy: bool
+    track_signals: bool
+    scratch: Tensor | None = None  # (2, A, V) float32 reused by every step: the draw's weights and CDF
+
+    def __call__(self, logits: Tensor, keys: Tensor, sample_ids: Tensor, t: int, host_check: bool = True):
+        """logits (A, V) of step t (overwritten). Returns tokens (A,) and signals (A, 3) or None."""
+        if self.greedy:
+            tokens = logits.argmax(-1)  # (A,)
+        else:
+            uniforms = keyed_uniform_tensor(self.seed, keys, sample_ids, t)  # (A,)
+        if not self.track_signals:
+            return (tokens if self.greedy else draw_tokens(logits, uniforms, self.temperature, self.top_p)), None
+        # One exp((z - max) / T) serves the draw and the log-prob; on CPU a fresh (A, V) block per step
+        # would cost more in page faults than the exp itself.
+        num_rows, vocab_size = logits.shape
+        if self.scratch is None or self.scratch.shape[1] < num_rows or self.scratch.device != logits.device:
+            self.scratch = torch.empty(2, num_rows, vocab_size, device=logits.device)
+        weights, cdf = self.scratch[0, :num_rows], self.scratch[1, :num_rows]
+        draw = tokens if self.greedy else (lambda w: draw_from_weights(w, uniforms, self.top_p, cdf, host_check))
+        step = block_signals(logits.float(), draw, 1.0 if self.greedy else self.temperature, scratch=weights)
+        return step.targets, torch.stack([step.logprobs, step.self_certainty, step.entropy], -1)
+
+
+def _decode_dynamic(model, cache, rows: _BatchRows, pick: _Picker, eos: Tensor, max_new_tokens: int):
+    """Decode with a growing cache; finished rows leave the batch at once. Returns CPU tensors:
+    tokens (A, T), lengths (A,), truncated (A,), signals (A, T, 3) or None."""
+    num_rows = rows.logits.shape[0]
+    tokens_out = torch.zeros(num_rows, max_new_tokens, dtype=torch.long)
+    signals_out = torch.zeros(num_rows, max_new_tokens, 3) if pick.track_signals else None
+    lengths = torch.zeros(num_rows, dtype=torch.long)
+    truncated = torch.zeros(num_rows, dtype=torch.bool)
+    live = torch.arange(num_rows)  # (A',) output rows still decoding
+    logits, attention = rows.logits, rows.attention
+    next_position = attention.sum(-1, keepdim=True)  # (A', 1) position id of the next token
+    for t in range(max_new_tokens):
+        tokens, signals = pick(logits, rows.keys, rows.sample_ids, t)
+        tokens_out[live, t] = tokens.cpu()
+        if signals is not None:
+            signals_out[live, t] = signals.cpu()
+        lengths[live] = t + 1
+        finished = torch.isin(tokens, eos)  # (A',)
+        if t == max_new_tokens - 1:
+            truncated[live] = ~finished.cpu()
+            break
+        if bool(finished.any()):
+            keep = (~finished).nonzero().squeeze(-1)  # (A'',)
+            if keep.numel() == 0:
+                break
+            cache.batch_select_indices(keep)
+            rows, tokens, attention, next_position = rows.select(keep), tokens[keep], attention[keep], next_position[keep]
+            live = live[keep.cpu()]
+        attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)  # (A', W + t + 1)
+        out = model(
+            input_ids=tokens[:, None],
+            attention_mask=attention,
+            position_ids=next_position,
+            use_cache=True,
+            **{_cache_argument(model): cache},
+        )
+        logits = out.logits[:, -1]  # (A', V)
+        next_position = next_position + 1
+    return tokens_out, lengths, truncated, signals_out
+
+
+_COMPILED_DECODERS = weakref.WeakKeyDictionary()  # model -> {batch rows: compiled _StaticDecoder}
+
+
+class _StaticDecoder:
+    """A `StaticCache` of fixed rows x length and the decode step over it, kept per model and reused
+    across batches and calls (compiled graphs stay valid only while the cache's tensors stay put)."""
+
+    @classmethod
+    def get(cls, model, num_rows: int, length: int, compiled: bool) -> _StaticDecoder:
+        """A decoder for `model`. Compiled ones are kept per model and batch rows (their graphs read this
+        cache; a longer one replaces a shorter one); plain static ones last one `sample` call."""
+        length = -(-length // 256) * 256  # rounded up: nearby lengths share one cache and one graph
+        if not compiled:
+            return cls(model.config, num_rows, length, compiled)
+        kept = _COMPILED_DECODERS.setdefault(model, {})  # rows -> decoder
+        if num_rows not in kept or kept[num_rows].length < length:
+            kept[num_rows] = cls(model.config, num_rows, length, compiled)
+        return kept[num_rows]
+
+    def __init__(self, config, num_rows: int, length: int, compiled: bool):
+        from transformers import StaticCache
+
+        self.num_rows, self.length, self.compiled = num_rows, length, compiled
+        self.cache = StaticCache(config=config, max_cache_len=length)
+        if any(getattr(layer, "is_sliding", False) for layer in self.cache.layers):
+            raise ValueError(
+                f"decode='static' needs full-attention layers; {config.model_type} has sliding-window layers: use decode='dynamic'"
+            )
+
+    def decode(self, model, prefill_cache, num_samples: int, rows: _BatchRows, pick: _Picker, eos: Tensor, max_new_tokens: int):
+        """Decode one batch (at most `num_rows` rows; the rest of the fixed batch repeats them and is
+        dropped). Same outputs as `_decode_dynamic`."""
+        real_rows, device = rows.logits.shape[0], rows.logits.device
+        fill = torch.arange(self.num_rows, device=device) % real_rows  # (R,) the rows that fill the batch
+        rows = rows.select(fill)
+        width = rows.attention.shape[1]
+        self.cache.reset()
+        for layer_index, layer in enumerate(prefill_cache.layers):
+            # prompt i's cache row serves its samples: row r of the fixed batch reads prompt fill[r] // n
+            source = fill // num_samples
+            self.cache.update(layer.keys[source], layer.values[source], layer_index)
+        attention = torch.zeros(self.num_rows, self.length, dtype=torch.long, device=device)  # (R, L)
+        attention[:, :width] = rows.attention
+        attention[:, width : width + max_new_tokens] = 1  # the causal mask hides what is not written yet
+        next_position = rows.attention.sum(-1, keepdim=True)  # (R, 1)
+        tokens_out = torch.zeros(self.num_rows, max_new_tokens, dtype=torch.long, device=device)
+        signals_out = torch.zeros(self.num_rows, max_new_tokens, 3, device=device) if pick.track_signals else None
+        lengths = torch.zeros(self.num_rows, dtype=torch.long, device=device)
+        running = torch.ones(self.num_rows, dtype=torch.bool, device=device)  # no EOS drawn yet
+        logits = rows.logits
+        for t in range(max_new_tokens):
+            tokens, signals = pick(logits, rows.keys, rows.sample_ids, t, host_check=False)
+            tokens_out[:, t] = tokens
+            if signals is not None:
+                signals_out[:, t] = signals * running[:, None]  # zero after each response
+            lengths += running
+            running &= ~torch.isin(tokens, eos)
+            if t == max_new_tokens - 1 or ((t + 1) % FINISH_CHECK_EVERY == 0 and not bool(running.any())):
+                break
+            forward = model
+            if self.compiled:
+                forward = model.get_compiled_call(None)  # compiled once, kept on the model by transformers
+                torch.compiler.cudagraph_mark_step_begin()  # this step's outputs replace the last step's
+            out = forward(
+                input_ids=tokens[:, None],
+                attention_mask=attention,
+                position_ids=next_position + t,
+                use_cache=True,
+                logits_to_keep=1,
+                **{_cache_argument(model): self.cache},
+            )
+            logits = out.logits[:, -1].to(torch.float32, copy=True)  # (R, V), ours: the graph reuses its output
+        end = int(lengths.max())
+        signals = None if signals_out is None else signals_out[:real_rows, :end].cpu()
+        return tokens_out[:real_rows, :end].cpu(), lengths[:real_rows].cpu(), running[:real_rows].cpu(), signals

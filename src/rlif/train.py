@@ -273,6 +273,7 @@ def train(config: Config) -> Path:
                 top_p=cfg_rollout.top_p,
                 max_new_tokens=cfg_rollout.max_new_tokens,
                 batch_size=cfg_rollout.generation_batch_size,
+                decode=cfg_rollout.decode,
                 seed=seed_for(cfg_train.seed, step),
                 prompt_keys=positions,  # a prompt's place in the global batch: same samples on any process count
                 eos_ids=eos_ids,
@@ -400,6 +401,7 @@ def run_evaluation(
         top_p=config.rollout.top_p,
         seed=seed_for(config.train.seed, step, 1),
         batch_size=config.eval.batch_size,
+        decode=config.rollout.decode,
         problem_ids=shard,
         reference=reference,
         progress=bar,

@@ -1,14 +1,18 @@
 """Triton kernels for the token signals: one read of each logits row, no float32 logits block.
 
 `rlif.signals.hidden_signals(backend="triton")` (the default on CUDA when Triton imports) lets the matmul write a
-chunk's logits in the compute dtype (bf16 on GPU) and reduces each row in one pass with an online maximum:
+chunk's logits in the compute dtype (bf16 on GPU) and reduces each row in one pass. Each of a program's BLOCK lanes
+keeps its own online state over its elements (lane k reads k, k + BLOCK, ...):
 
-    m       running max;  rest = sum of exp(z - m) over all but one element at the max (the log1p trick of
-            rlif.signals, kept exact under rescaling: when the max moves from m to m', the old max becomes an
-            ordinary element, rest' = (rest + 1) exp(m - m'))
-    dot     sum exp(z - m) (z - m)        (the max term is 0);  dot' = exp(m - m') (dot + (m - m')(rest + 1))
+    m       the lane's running max;  rest = sum of exp(z - m) over the lane's elements but its max (the log1p trick
+            of rlif.signals, kept exact under rescaling: when the max moves from m to z, the old max becomes an
+            ordinary element, rest' = (rest + 1) exp(m - z))
+    dot     sum exp(z - m) (z - m)        (the max term is 0);  dot' = exp(m - z) (dot + (m - z)(rest + 1))
     rest_t  as rest, for exp((z - m) / T)
     sum_z   sum of z
+
+and the lanes are combined once at the row max M after the loop (a lane's max joins the ordinary elements with
+weight exp(m - M), except one lane's at M), so the loop itself has no reduction across threads.
 
 The backward kernel rebuilds softmax(z / T) = exp((z - max) / T - log_norm_t) from the saved row max and
 log-normalizer and writes (onehot - softmax) * g / T over the logits, in place.
@@ -49,56 +53,61 @@ def _kernels():
     ):
         row = tl.program_id(0).to(tl.int64)
         base = logits_ptr + row * row_stride
-        m = -float("inf")
-        rest = 0.0
-        dot = 0.0
-        rest_t = 0.0
-        sum_z = 0.0
+        # Each of the BLOCK lanes runs the recurrences over its own elements (lane k reads k, k + BLOCK, ...), with
+        # its own max; the lanes are combined once after the loop, so the loop is elementwise: no reduction across
+        # threads per tile, one read of each logit.
+        m = tl.full([BLOCK], -float("inf"), tl.float32)
+        rest = tl.zeros([BLOCK], tl.float32)
+        dot = tl.zeros([BLOCK], tl.float32)
+        rest_t = tl.zeros([BLOCK], tl.float32)
+        sum_z = tl.zeros([BLOCK], tl.float32)
         for start in range(0, vocab, BLOCK):
             offsets = start + tl.arange(0, BLOCK)
-            valid = offsets < vocab
-            z = tl.load(base + offsets, mask=valid, other=-float("inf")).to(tl.float32)
-            tile_max = tl.max(z, axis=0)
-            tile_arg = tl.argmax(z, axis=0)  # first index of the tile's max
-            new_max = tile_max > m
-            m_new = tl.maximum(m, tile_max)
-            shift = tl.where(m == -float("inf"), 0.0, m - m_new)  # <= 0; 0 on the first tile (nothing to rescale)
-            keep = tl.where(m == -float("inf"), 0.0, 1.0)
-            scale = tl.exp(shift)
-            # When the max moves, the old max (weight 1 at the old scale) joins the ordinary elements.
-            old_rest = tl.where(new_max, keep * (rest + 1.0), rest)
-            rest = old_rest * scale
-            finite = valid & (z > -float("inf"))
-            s = tl.where(finite, z - m_new, 0.0)
-            # the new max itself (carried by log1p) is left out
-            included = tl.where(tile_max > m, finite & (offsets != start + tile_arg), finite)
-            e = tl.where(included, tl.exp(s), 0.0)
-            rest += tl.sum(e, axis=0)
+            z = tl.load(base + offsets, mask=offsets < vocab, other=-float("inf")).to(tl.float32)
+            live = z > -float("inf")  # padding and -inf logits change nothing
+            d = z - m  # +inf at a lane's first finite element
+            new_max = live & (d > 0)
+            # exp(-|d|): the new element's weight (d <= 0), or the old max's rescale factor exp(m - z) (d > 0).
+            e = tl.exp(-tl.abs(d))
             if WITH_SIGNALS:
-                dot = scale * (dot + shift * old_rest)
-                dot += tl.sum(e * s, axis=0)
-                sum_z += tl.sum(tl.where(finite, z, 0.0), axis=0)
+                # dot = sum exp(s) s, s = z - lane max; a moving max joins the old one (weight 1) and rescales.
+                moved = tl.where(m == -float("inf"), 0.0, e * (dot - d * (rest + 1.0)))
+                dot = tl.where(live, tl.where(new_max, moved, dot + e * d), dot)
+                sum_z += tl.where(live, z, 0.0)
+            if WITH_SIGNALS or not TEMPERED:
+                rest = tl.where(live, tl.where(new_max, (rest + 1.0) * e, rest + e), rest)  # first: (0 + 1) * 0
             if TEMPERED:
-                old_rest_t = tl.where(new_max, keep * (rest_t + 1.0), rest_t)
-                rest_t = old_rest_t * tl.exp(shift * inv_t)
-                rest_t += tl.sum(tl.where(included, tl.exp(s * inv_t), 0.0), axis=0)
-            m = m_new
-        target = tl.load(targets_ptr + row)
-        s_target = tl.load(base + target).to(tl.float32) - m
-        # log1p(rest) to full relative precision (Goldberg): log(u) * rest / (u - 1), u = 1 + rest rounded.
-        u = 1.0 + rest
-        log_norm = tl.where(u == 1.0, rest, tl.log(u) * rest / (u - 1.0))
+                e_t = tl.exp(-tl.abs(d) * inv_t)
+                rest_t = tl.where(live, tl.where(new_max, (rest_t + 1.0) * e_t, rest_t + e_t), rest_t)
+            m = tl.where(new_max, z, m)
+        # Combine the lanes at the row max. Every lane's own max joins the ordinary elements (weight 1), except one
+        # lane's at the row max: that one is the max term log1p leaves out.
+        row_max = tl.max(m, axis=0)
+        lanes = tl.arange(0, BLOCK)
+        holder = tl.min(tl.where(m == row_max, lanes, BLOCK), axis=0)
+        joins = tl.where(lanes == holder, 0.0, 1.0)
+        has = m > -float("inf")
+        shift = tl.where(has, m - row_max, 0.0)  # <= 0
+        if WITH_SIGNALS or not TEMPERED:
+            rest_all = tl.sum(tl.where(has, (rest + joins) * tl.exp(shift), 0.0), axis=0)
         if TEMPERED:
-            u_t = 1.0 + rest_t
-            log_norm_t = tl.where(u_t == 1.0, rest_t, tl.log(u_t) * rest_t / (u_t - 1.0))
+            rest_all_t = tl.sum(tl.where(has, (rest_t + joins) * tl.exp(shift * inv_t), 0.0), axis=0)
         else:
-            log_norm_t = log_norm
+            rest_all_t = rest_all
+        target = tl.load(targets_ptr + row)
+        s_target = tl.load(base + target).to(tl.float32) - row_max
+        # log1p(rest) to full relative precision (Goldberg): log(u) * rest / (u - 1), u = 1 + rest rounded.
+        u_t = 1.0 + rest_all_t
+        log_norm_t = tl.where(u_t == 1.0, rest_all_t, tl.log(u_t) * rest_all_t / (u_t - 1.0))
         tl.store(logprobs_ptr + row, s_target * inv_t - log_norm_t)
-        tl.store(row_max_ptr + row, m)
+        tl.store(row_max_ptr + row, row_max)
         tl.store(log_norm_t_ptr + row, log_norm_t)
         if WITH_SIGNALS:
-            tl.store(sc_ptr + row, log_norm - (sum_z / vocab - m) - log_vocab)
-            tl.store(entropy_ptr + row, log_norm - dot / (1.0 + rest))
+            u = 1.0 + rest_all
+            log_norm = tl.where(u == 1.0, rest_all, tl.log(u) * rest_all / (u - 1.0))
+            dot_all = tl.sum(tl.where(has, tl.exp(shift) * (dot + shift * (rest + 1.0)), 0.0), axis=0)
+            tl.store(sc_ptr + row, log_norm - (tl.sum(sum_z, axis=0) / vocab - row_max) - log_vocab)
+            tl.store(entropy_ptr + row, log_norm - dot_all / (1.0 + rest_all))
 
     @triton.jit
     def backward_kernel(
@@ -121,8 +130,12 @@ def _kernels():
     return forward_kernel, backward_kernel
 
 
-def _block_size(vocab: int) -> int:
-    return min(4096, 1 << max(4, math.ceil(math.log2(max(vocab, 1)))))
+# Lanes per row program and warps of the forward kernel; bench/signals.py (`fused#BLOCKxWARPS`) sets them to compare.
+FORWARD_LAUNCH = (2048, 4)
+
+
+def _block_size(vocab: int, largest: int = 4096) -> int:
+    return min(largest, 1 << max(4, math.ceil(math.log2(max(vocab, 1)))))
 
 
 def forward(logits: Tensor, targets: Tensor, temperature: float, logprobs_only: bool):
@@ -133,7 +146,8 @@ def forward(logits: Tensor, targets: Tensor, temperature: float, logprobs_only: 
     forward_kernel[(rows,)](
         logits, logits.stride(0), targets, vocab, 1.0 / temperature,
         out[0], out[1], out[2], out[3], out[4], math.log(vocab),
-        WITH_SIGNALS=not logprobs_only, TEMPERED=temperature != 1.0, BLOCK=_block_size(vocab),
+        WITH_SIGNALS=not logprobs_only, TEMPERED=temperature != 1.0, BLOCK=_block_size(vocab, FORWARD_LAUNCH[0]),
+        num_warps=FORWARD_LAUNCH[1],
     )
     logprobs, sc, entropy, row_max, log_norm_t = out
     return logprobs, None if logprobs_only else sc, None if logprobs_only else entropy, row_max, log_norm_t

@@ -58,14 +58,26 @@ def _shift_right(x: Tensor, bits: int) -> Tensor:
 
 def keyed_uniform_tensor(seed: int, prompt_keys: Tensor, sample_ids: Tensor, position: int) -> Tensor:
     """`keyed_uniform` on int64 tensors, on their device: the same bits (int64 products wrap mod 2^64)."""
-    golden = _int64(int(_GOLDEN))
+    return uniform_at(row_stream(seed, prompt_keys, sample_ids), position)
+
+
+def row_stream(seed: int, prompt_keys: Tensor, sample_ids: Tensor) -> Tensor:
+    """(A,) int64 hash state of each row's stream: `keyed_uniform_tensor` before the position is mixed in."""
     x = _int64((seed & 0xFFFFFFFFFFFFFFFF) * int(_GOLDEN))
-    for part in (prompt_keys, sample_ids, position):
-        x = x ^ (part + golden)
-        x = (x ^ _shift_right(x, 30)) * _int64(0xBF58476D1CE4E5B9)
-        x = (x ^ _shift_right(x, 27)) * _int64(0x94D049BB133111EB)
-        x = x ^ _shift_right(x, 31)
-    return _shift_right(x, 11).double() * (1.0 / (1 << 53))
+    return _mix(_mix(x, prompt_keys), sample_ids)
+
+
+def uniform_at(stream: Tensor, position: int) -> Tensor:
+    """(A,) float64 uniforms in [0, 1) of each row's stream at `position`."""
+    return _shift_right(_mix(stream, position), 11).double() * (1.0 / (1 << 53))
+
+
+def _mix(x, part):
+    """One splitmix64 round of x ^ (part + golden), on int64 bit patterns."""
+    x = x ^ (part + _int64(int(_GOLDEN)))
+    x = (x ^ _shift_right(x, 30)) * _int64(0xBF58476D1CE4E5B9)
+    x = (x ^ _shift_right(x, 27)) * _int64(0x94D049BB133111EB)
+    return x ^ _shift_right(x, 31)
 
 
 def draw_tokens(logits: Tensor, uniforms: Tensor, temperature: float, top_p: float = 1.0) -> Tensor:
@@ -183,7 +195,7 @@ def sample(
     lengths = torch.zeros(rows, dtype=torch.long)  # (rows,)
     truncated = torch.zeros(rows, dtype=torch.bool)  # (rows,)
     per_token = torch.zeros(rows, max_new_tokens, 3) if track_signals else None  # logprob, self-certainty, entropy
-    pick = _Picker(seed, temperature, top_p, greedy, track_signals)
+    pick = _Picker(temperature, top_p, greedy, track_signals)
     eos = torch.tensor(list(eos_ids), device=device)
     prompts_per_batch = max(1, batch_size // num_samples)
     static = None
@@ -222,8 +234,8 @@ def sample(
         batch_rows = _BatchRows(
             logits=out.logits[:, -1].repeat_interleave(num_samples, 0),  # (A, V)
             attention=attention.repeat_interleave(num_samples, 0),  # (A, W)
-            keys=keys[batch].repeat_interleave(num_samples).to(device),  # (A,) prompt keys
-            sample_ids=torch.arange(num_samples).repeat(len(batch)).to(device),  # (A,)
+            # each row's random stream: seed, prompt key, sample id (the position is mixed in per token)
+            streams=row_stream(seed, keys[batch].repeat_interleave(num_samples), torch.arange(num_samples).repeat(len(batch))).to(device),
         )
         if static is None:
             cache.batch_repeat_interleave(num_samples)
@@ -256,30 +268,28 @@ class _BatchRows:
 
     logits: Tensor  # (A, V) the prefill's last-position logits
     attention: Tensor  # (A, W) 1 on prompt tokens (left-padded)
-    keys: Tensor  # (A,) prompt keys of the random stream
-    sample_ids: Tensor  # (A,)
+    streams: Tensor  # (A,) int64 state of each row's random stream (`row_stream`)
 
     def select(self, keep: Tensor) -> _BatchRows:
-        return _BatchRows(self.logits[keep], self.attention[keep], self.keys[keep], self.sample_ids[keep])
+        return _BatchRows(self.logits[keep], self.attention[keep], self.streams[keep])
 
 
 @dataclass
 class _Picker:
     """Draws (or takes the argmax of) each row's next token; with `track_signals`, also scores it."""
 
-    seed: int
     temperature: float
     top_p: float
     greedy: bool
     track_signals: bool
     scratch: Tensor | None = None  # (2, A, V) float32 reused by every step: the draw's weights and CDF
 
-    def __call__(self, logits: Tensor, keys: Tensor, sample_ids: Tensor, t: int, host_check: bool = True):
+    def __call__(self, logits: Tensor, streams: Tensor, t: int, host_check: bool = True):
         """logits (A, V) of step t (overwritten). Returns tokens (A,) and signals (A, 3) or None."""
         if self.greedy:
             tokens = logits.argmax(-1)  # (A,)
         else:
-            uniforms = keyed_uniform_tensor(self.seed, keys, sample_ids, t)  # (A,)
+            uniforms = uniform_at(streams, t)  # (A,)
         if not self.track_signals:
             return (tokens if self.greedy else draw_tokens(logits, uniforms, self.temperature, self.top_p)), None
         # One exp((z - max) / T) serves the draw and the log-prob; on CPU a fresh (A, V) block per step
@@ -305,7 +315,7 @@ def _decode_dynamic(model, cache, rows: _BatchRows, pick: _Picker, eos: Tensor, 
     logits, attention = rows.logits, rows.attention
     next_position = attention.sum(-1, keepdim=True)  # (A', 1) position id of the next token
     for t in range(max_new_tokens):
-        tokens, signals = pick(logits, rows.keys, rows.sample_ids, t)
+        tokens, signals = pick(logits, rows.streams, t)
         tokens_out[live, t] = tokens.cpu()
         if signals is not None:
             signals_out[live, t] = signals.cpu()
@@ -385,7 +395,7 @@ class _StaticDecoder:
         running = torch.ones(self.num_rows, dtype=torch.bool, device=device)  # no EOS drawn yet
         logits = rows.logits
         for t in range(max_new_tokens):
-            tokens, signals = pick(logits, rows.keys, rows.sample_ids, t, host_check=False)
+            tokens, signals = pick(logits, rows.streams, t, host_check=False)
             tokens_out[:, t] = tokens
             if signals is not None:
                 signals_out[:, t] = signals * running[:, None]  # zero after each response

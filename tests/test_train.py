@@ -2,6 +2,7 @@
 
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -218,16 +219,22 @@ def test_resume_before_the_first_checkpoint_starts_clean(tmp_path, tiny_model_di
     assert comparable(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == expected  # no duplicated lines
 
 
-def test_static_decode_trains_the_same_run(tmp_path, tiny_model_dir, addition_data):
-    """rollout.decode changes how rollouts and evaluation answers are decoded, not what is drawn."""
+@pytest.mark.parametrize("other", ["static", "compiled"])
+def test_static_and_compiled_decode_train_the_same_run(tmp_path, tiny_model_dir, addition_data, other):
+    """rollout.decode changes how rollouts and evaluation answers are decoded, not what is drawn; a compiled decode
+    step reads the weights as each update leaves them."""
+    if other == "compiled" and not (shutil.which("g++") or shutil.which("clang++")):
+        pytest.skip("torch.compile on CPU needs a C++ compiler")
     runs = {}
-    for decode in ("dynamic", "static"):
+    for decode in ("dynamic", other):
         config_path = tiny_config(tmp_path, tiny_model_dir, addition_data, name=decode, train={"steps": 3},
                                   rollout={"decode": decode}, eval={"path": str(addition_data), "limit": 4, "num_samples": 2, "every": 3})
         train(load_config(config_path))
         runs[decode] = comparable(read_jsonl(tmp_path / decode / "metrics.jsonl"))
-    assert [sorted(m) for m in runs["static"]] == [sorted(m) for m in runs["dynamic"]]
-    for static, dynamic in zip(runs["static"], runs["dynamic"]):
-        assert static == pytest.approx(dynamic, rel=1e-4, abs=1e-5)  # kl_ref: a difference of log-probs
+    assert [sorted(m) for m in runs[other]] == [sorted(m) for m in runs["dynamic"]]
+    for record, expected in zip(runs[other], runs["dynamic"]):
+        assert record == pytest.approx(expected, rel=1e-4, abs=1e-5)  # kl_ref: a difference of log-probs
+    certainty = [m["signals/self_certainty"] for m in runs["dynamic"] if "signals/self_certainty" in m]
+    assert len(certainty) == 3 and certainty[0] != certainty[-1]  # the weights moved between rollouts
     answers = {decode: [r["response"] for r in read_jsonl(tmp_path / decode / "eval" / "step_000003.jsonl")] for decode in runs}
-    assert answers["static"] == answers["dynamic"]
+    assert answers[other] == answers["dynamic"]

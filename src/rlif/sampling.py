@@ -2,11 +2,12 @@
 
 Why not `model.generate`:
 - Each prompt is prefilled once and its cache repeated for its n samples (generate prefills n copies).
-- Finished sequences leave the batch at once, so they stop costing compute.
+- Finished sequences leave the batch at once, so they stop costing compute (decode="dynamic"); on a GPU
+  decode="compiled" instead keeps shapes fixed for CUDA graphs (a StaticCache; finished rows ride along).
 - Randomness is keyed, not streamed: the uniform number that picks token t of sample j of a prompt is a hash
   of (seed, prompt key, j, t), and the token is the inverse-CDF draw from softmax(z / T) at that number. A
-  sample therefore does not depend on batch size, prompt order, which rows already finished, or how many
-  processes share the batch: one process and K processes draw the same responses.
+  sample therefore does not depend on batch size, prompt order, which rows already finished, the decode
+  loop, or how many processes share the batch: one process and K processes draw the same responses.
 - Self-certainty, entropy and log-prob of every sampled token come out of the sampling pass itself, so
   Best-of-N selection needs no second forward.
 The sampler draws from exactly softmax(z / T), optionally restricted to the top-p nucleus; nothing in the

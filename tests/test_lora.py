@@ -142,3 +142,18 @@ def test_gradient_checkpointing_is_on_and_leaves_the_gradients_unchanged(tmp_pat
     assert grads[True].keys() == grads[False].keys() and len(grads[True]) > 0
     for name, grad in grads[False].items():
         torch.testing.assert_close(grads[True][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")), reason="torch.compile on CPU needs a C++ compiler")
+def test_lora_with_the_compiled_decode_repeats_the_dynamic_run(tmp_path, tiny_model_dir, addition_data):
+    """The compiled decode step runs peft's adapted layers and reads the adapters each update leaves."""
+    runs = {}
+    for decode in ("dynamic", "compiled"):
+        folder = tmp_path / decode
+        folder.mkdir()
+        train(load_config(lora_config(folder, tiny_model_dir, addition_data), [f"rollout.decode={decode}", "train.steps=3"]))
+        runs[decode] = read_jsonl(folder / "run" / "metrics.jsonl")
+    for compiled, dynamic in zip(runs["compiled"], runs["dynamic"], strict=True):
+        assert compiled["rollout/len_mean"] == dynamic["rollout/len_mean"]
+        assert compiled["reward/mean"] == pytest.approx(dynamic["reward/mean"], rel=1e-4)
+    assert runs["dynamic"][0]["reward/mean"] != runs["dynamic"][-1]["reward/mean"]

@@ -105,3 +105,17 @@ def test_static_and_compiled_decode_on_cuda_draw_what_the_dynamic_one_draws(tiny
         assert got.responses == expected.responses and got.truncated == expected.truncated
         torch.testing.assert_close(got.self_certainty, expected.self_certainty, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(got.logprob, expected.logprob, rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_weight_gradient_products_accumulate_in_float32_on_cuda():
+    from rlif.signals import _add_product, _float32_output_matmul
+
+    assert _float32_output_matmul(torch.device("cuda", torch.cuda.current_device()), torch.bfloat16), "torch >= 2.8 adds bf16 products in float32"
+    generator = torch.Generator().manual_seed(6)
+    a, b = torch.randn(300, 2048, generator=generator), torch.randn(2048, 40, generator=generator)
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    exact = a16.double() @ b16.double()
+    total = torch.zeros(300, 40, device="cuda")
+    _add_product(total, a16.cuda(), b16.cuda())
+    rounded = (a16.cuda() @ b16.cuda()).double().cpu()  # what a bf16 result would have kept
+    assert (total.double().cpu() - exact).abs().max() < 0.1 * (rounded - exact).abs().max()

@@ -218,3 +218,17 @@ def test_backend_choice_is_validated():
         with pytest.raises(ImportError, match="needs the triton package"):
             hidden_signals(*args, backend="triton")
     torch.testing.assert_close(hidden_signals(*args, backend="auto")[0], hidden_signals(*args, backend="torch")[0])
+
+
+def test_add_product_accumulates_low_precision_products_into_float32():
+    from rlif.signals import _add_product
+
+    generator = torch.Generator().manual_seed(5)
+    a, b = torch.randn(7, 64, generator=generator), torch.randn(64, 5, generator=generator)
+    total = torch.ones(7, 5)
+    _add_product(total, a, b)  # float32: addmm in place
+    assert_close(total, 1 + a.double() @ b.double(), rtol=1e-5, atol=1e-5)
+    total = torch.ones(7, 5)
+    _add_product(total, a.bfloat16(), b.bfloat16())  # CPU: the bf16 product, rounded, then added
+    assert total.dtype == torch.float32
+    assert_close(total, 1 + (a.bfloat16() @ b.bfloat16()).double(), rtol=1e-6, atol=1e-6)

@@ -23,6 +23,7 @@ so entropy and log-probs of very peaked distributions keep their relative precis
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
@@ -220,15 +221,35 @@ class _ChunkedSignals(torch.autograd.Function):
                 if need_hidden:
                     grad_hidden[rows] = (grad_z_c @ weight_c).to(hidden.dtype)
                 if need_weight:
-                    if grad_z_c.dtype == accumulate:
-                        grad_weight.addmm_(grad_z_c.T, hidden_c)  # (V, d), accumulated in place
-                    else:
-                        grad_weight += (grad_z_c.T @ hidden_c).to(accumulate)  # low-precision matmul, float32 sum
+                    _add_product(grad_weight, grad_z_c.T, hidden_c)  # (V, d), accumulated in place
                 if need_bias:
                     grad_bias += grad_z.sum(0, dtype=accumulate)
         grad_weight = grad_weight.to(weight.dtype) if need_weight else None
         grad_bias = grad_bias.to(bias.dtype) if need_bias else None
         return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None
+
+
+def _add_product(total: Tensor, a: Tensor, b: Tensor) -> None:
+    """total += a @ b. A bf16/fp16 product is added from the matmul's own float32 accumulator where the backend
+    can write float32 (cuBLAS, torch >= 2.8); elsewhere it is rounded to a's dtype first, then added."""
+    if a.dtype == total.dtype:
+        total.addmm_(a, b)
+    elif _float32_output_matmul(total.device, a.dtype):
+        torch.addmm(total, a, b, out_dtype=total.dtype, out=total)
+    else:
+        total += (a @ b).to(total.dtype)
+
+
+@functools.cache
+def _float32_output_matmul(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether addmm adds a `dtype` product into a float32 tensor in place on `device` (tried once, and checked)."""
+    try:
+        total = torch.ones(2, 3, device=device)
+        ones = torch.ones(2, 4, dtype=dtype, device=device), torch.ones(4, 3, dtype=dtype, device=device)
+        torch.addmm(total, *ones, out_dtype=torch.float32, out=total)
+        return bool((total == 5).all())
+    except (RuntimeError, TypeError):
+        return False
 
 
 def hidden_signals(

@@ -4,10 +4,12 @@
 # transformers 5.17, accelerate 1.15, no internet).
 #
 # Before the call, where PyPI is reachable:   bash bench/fetch_wheels.sh        (TRL 1.16.0, math-verify + deps into .whl/)
-# The stages take about 13 minutes together (seen on an H200, 2026-11-26), more than one 10-minute device call, so
-# run them as two calls (device tool, carry [".whl"], timeout_s 600):
-#     bash bench/gpu_check.sh rollout step              # at most 530 s (first: what issue 5 still needs measured)
-#     bash bench/gpu_check.sh tests signals train       # at most 470 s
+# The stages take more than one 10-minute device call together (about 13 minutes on an H200, 2026-11-26, before the
+# compiled decode and its compile times were added), and a lease is 15 minutes including the machine's start, so run
+# them as calls on the warm machine in this order of importance (device tool, carry [".whl"], timeout_s 600):
+#     bash bench/gpu_check.sh tests signals rollout     # at most 470 s: correctness, then the signals and rollout targets
+#     bash bench/gpu_check.sh step                      # at most 330 s: the step vs TRL
+#     bash bench/gpu_check.sh train                     # at most 200 s: 1.5B steps and the micro-batch probe (if time is left)
 # No argument runs every stage. Results: printed, and written under $OUT (or bench/out): device.txt, tests.txt,
 # signals.txt/json, rollout.txt, step.txt/json, train.txt/json. Each stage has its own time limit, so one stage that
 # hangs does not cost the others.
@@ -57,7 +59,9 @@ want train && stage train 200 python3 bench/gpu_check.py --prompts 8 --steps 2 -
 want rollout && stage rollout 200 python3 bench/rollout.py --gpu-shape --rounds 1 --static
 # step: one training step vs TRL's GRPOTrainer at the same shape (TRL runs need the carried wheels). About 60 s a run.
 #   rlif runs with the compiled decode (rollout.decode: compiled; step 1, not timed, compiles).
+#   TRL's self-certainty-by-extra-forward run (trl+sc) was measured in the first lease; add it with RUNS=... to repeat.
 RLIF_RUNS=rlif-length@compiled,rlif@compiled
-if [ "$HAVE_TRL" = 1 ]; then RUNS=trl,trl+sc,$RLIF_RUNS; else RUNS=$RLIF_RUNS; echo "trl not importable: TRL runs skipped"; fi
-want step && stage step 330 python3 bench/step.py --gpu-shape --rounds 1 --steps 2 --runs "$RUNS" --json "$OUT/step.json"
+if [ "$HAVE_TRL" = 1 ]; then DEFAULT_RUNS=trl,$RLIF_RUNS; else DEFAULT_RUNS=$RLIF_RUNS; echo "trl not importable: TRL runs skipped"; fi
+RUNS=${RUNS:-$DEFAULT_RUNS}
+want step && stage step 300 python3 bench/step.py --gpu-shape --rounds 1 --steps 2 --runs "$RUNS" --json "$OUT/step.json"
 exit 0

@@ -167,3 +167,14 @@ def test_unknown_decode_mode_is_refused(loaded):
     model, _, encoded, eos = loaded
     with pytest.raises(ValueError, match="decode='fast'.*dynamic, static, compiled"):
         sample(model, encoded, max_new_tokens=2, eos_ids=eos, decode="fast")
+
+
+def test_static_decode_refuses_sliding_window_models_with_the_reason():
+    from rlif.tiny import tiny_causal_lm
+
+    model = tiny_causal_lm(20, architecture="qwen2", hidden_size=32, seed=0)
+    model.config.sliding_window = 4
+    model.config.layer_types = ["sliding_attention"] * model.config.num_hidden_layers
+    with pytest.raises(ValueError, match="decode='static' needs full-attention layers; qwen2 has sliding-window layers"):
+        sample(model, [[1, 2, 3]], max_new_tokens=3, eos_ids=[0], decode="static")
+    assert len(sample(model, [[1, 2, 3]], max_new_tokens=3, eos_ids=[0], decode="dynamic").responses[0]) >= 1

@@ -371,7 +371,8 @@ class _StaticDecoder:
         self.cache = StaticCache(config=config, max_cache_len=length)
         if any(getattr(layer, "is_sliding", False) for layer in self.cache.layers):
             raise ValueError(
-                f"decode='static' needs full-attention layers; {config.model_type} has sliding-window layers: use decode='dynamic'"
+                f"decode={'compiled' if compiled else 'static'!r} needs full-attention layers; {config.model_type} has "
+                "sliding-window layers: use decode='dynamic'"
             )
 
     def decode(self, model, prefill_cache, num_samples: int, rows: _BatchRows, pick: _Picker, eos: Tensor, max_new_tokens: int):

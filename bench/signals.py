@@ -166,9 +166,12 @@ def main(argv=None):
     variants = args.variants.split(",")
     known = FORWARD + BACKWARD + ["fused-torch", "fused-torch+bwd"]
     for variant in variants:
-        name, _, chunk = variant.partition("@")
-        if name not in known or (chunk and (not name.startswith("fused") or not chunk.isdigit())):
-            parser.error(f"--variants: unknown variant {variant!r}; expected one of {known}, fused ones optionally @CHUNK")
+        rest, _, launch = variant.partition("#")
+        name, _, chunk = rest.partition("@")
+        bad_launch = launch and (not name.startswith("fused") or len(launch.split("x")) != 2 or not launch.replace("x", "").isdigit())
+        if name not in known or (chunk and (not name.startswith("fused") or not chunk.isdigit())) or bad_launch:
+            parser.error(f"--variants: unknown variant {variant!r}; expected one of {known}, fused ones optionally "
+                         "@CHUNK and #LANESxWARPS")
     passthrough = [f"--{k}={getattr(args, k)}" for k in ("tokens", "d", "vocab", "chunk", "dtype", "temperature", "device", "repeats")]
 
     def call(worker_arg):

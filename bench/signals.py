@@ -139,6 +139,20 @@ def worker(args) -> dict:
     return {"seconds": times}
 
 
+def parse_variants(text: str) -> list[str]:
+    """The comma-separated --variants, checked (bench/gpu_check.sh's list is tested against this)."""
+    known = FORWARD + BACKWARD + ["fused-torch", "fused-torch+bwd"]
+    variants = text.split(",")
+    for variant in variants:
+        rest, _, launch = variant.partition("#")
+        name, _, chunk = rest.partition("@")
+        bad_launch = launch and (not name.startswith("fused") or len(launch.split("x")) != 2 or not launch.replace("x", "").isdigit())
+        if name not in known or (chunk and (not name.startswith("fused") or not chunk.isdigit())) or bad_launch:
+            raise ValueError(f"--variants: unknown variant {variant!r}; expected one of {known}, fused ones optionally "
+                             "@CHUNK and #LANESxWARPS")
+    return variants
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None)
@@ -163,15 +177,10 @@ def main(argv=None):
         print(json.dumps(worker(args)))
         return 0
 
-    variants = args.variants.split(",")
-    known = FORWARD + BACKWARD + ["fused-torch", "fused-torch+bwd"]
-    for variant in variants:
-        rest, _, launch = variant.partition("#")
-        name, _, chunk = rest.partition("@")
-        bad_launch = launch and (not name.startswith("fused") or len(launch.split("x")) != 2 or not launch.replace("x", "").isdigit())
-        if name not in known or (chunk and (not name.startswith("fused") or not chunk.isdigit())) or bad_launch:
-            parser.error(f"--variants: unknown variant {variant!r}; expected one of {known}, fused ones optionally "
-                         "@CHUNK and #LANESxWARPS")
+    try:
+        variants = parse_variants(args.variants)
+    except ValueError as error:
+        parser.error(str(error))
     passthrough = [f"--{k}={getattr(args, k)}" for k in ("tokens", "d", "vocab", "chunk", "dtype", "temperature", "device", "repeats")]
 
     def call(worker_arg):

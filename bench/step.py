@@ -166,6 +166,16 @@ def worker(args) -> dict:
     return result
 
 
+def parse_runs(text: str) -> list[str]:
+    """The comma-separated --runs, checked (bench/gpu_check.sh's list is tested against this)."""
+    runs = text.split(",")
+    for run in runs:
+        name, _, decode = run.partition("@")
+        if name not in RUNS or (decode and (name.startswith("trl") or decode not in ("dynamic", "static", "compiled"))):
+            raise ValueError(f"--runs: unknown run {run!r}: expected {', '.join(RUNS)}, an rlif run may end in @static or @compiled")
+    return runs
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpu-shape", action="store_true")
@@ -196,11 +206,10 @@ def main(argv=None):
         print("RESULT " + json.dumps(worker(args)))
         return 0
 
-    runs = args.runs.split(",")
-    for run in runs:
-        name, _, decode = run.partition("@")
-        if name not in RUNS or (decode and (name.startswith("trl") or decode not in ("dynamic", "static", "compiled"))):
-            parser.error(f"--runs: unknown run {run!r}: expected {', '.join(RUNS)}, an rlif run may end in @static or @compiled")
+    try:
+        runs = parse_runs(args.runs)
+    except ValueError as error:
+        parser.error(str(error))
     results = {run: {"step_s": [], "tokens_per_s": [], "peak": [], **{phase: [] for phase in PHASES}} for run in runs}
     with tempfile.TemporaryDirectory(prefix="rlif-bench-") as tmp:
         work = Path(tmp)

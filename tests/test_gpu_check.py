@@ -28,3 +28,28 @@ def test_gpu_check_smoke_mode(tmp_path):
     assert [r["micro_batch"] for r in report["micro_batches"]] == [1, 2]
     assert all(r["fits"] and r["tokens_per_s"] > 0 for r in report["micro_batches"])
     assert report["largest_micro_batch"] == 2
+
+
+def load_bench(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_gpu_script_asks_the_benchmarks_for_what_they_know():
+    """A typo in bench/gpu_check.sh's variant or run lists would cost a GPU lease: check them here."""
+    import re
+
+    import pytest
+
+    script = (REPO / "bench" / "gpu_check.sh").read_text()
+    (variants,) = re.findall(r"--variants (\S+)", script)
+    assert "fused@2048#4096x8" in load_bench("signals").parse_variants(variants)
+    (rlif_runs,) = re.findall(r"^RLIF_RUNS=(\S+)$", script, flags=re.MULTILINE)
+    step = load_bench("step")
+    assert step.parse_runs("trl," + rlif_runs) == ["trl", "rlif-length@compiled", "rlif@compiled"]
+    with pytest.raises(ValueError, match="unknown run 'trl@compiled'"):
+        step.parse_runs("trl@compiled")
+    with pytest.raises(ValueError, match="unknown variant 'fused#4096'"):
+        load_bench("signals").parse_variants("fused#4096")

@@ -49,8 +49,10 @@ def _kernels():
     def forward_kernel(
         logits_ptr, row_stride, targets_ptr, vocab, inv_t,
         logprobs_ptr, sc_ptr, entropy_ptr, row_max_ptr, log_norm_t_ptr,
-        log_vocab, WITH_SIGNALS: tl.constexpr, TEMPERED: tl.constexpr, BLOCK: tl.constexpr,
+        log_vocab, WITH_SIGNALS: tl.constexpr, TEMPERED: tl.constexpr, NEED_REST: tl.constexpr, BLOCK: tl.constexpr,
     ):
+        # NEED_REST = WITH_SIGNALS or not TEMPERED: the temperature-1 sums are needed (passed in, not computed here,
+        # so no Triton version has to fold boolean operators on constexprs).
         row = tl.program_id(0).to(tl.int64)
         base = logits_ptr + row * row_stride
         # Each of the BLOCK lanes runs the recurrences over its own elements (lane k reads k, k + BLOCK, ...), with
@@ -74,7 +76,7 @@ def _kernels():
                 moved = tl.where(m == -float("inf"), 0.0, e * (dot - d * (rest + 1.0)))
                 dot = tl.where(live, tl.where(new_max, moved, dot + e * d), dot)
                 sum_z += tl.where(live, z, 0.0)
-            if WITH_SIGNALS or not TEMPERED:
+            if NEED_REST:
                 rest = tl.where(live, tl.where(new_max, (rest + 1.0) * e, rest + e), rest)  # first: (0 + 1) * 0
             if TEMPERED:
                 e_t = tl.exp(-tl.abs(d) * inv_t)
@@ -88,7 +90,7 @@ def _kernels():
         joins = tl.where(lanes == holder, 0.0, 1.0)
         has = m > -float("inf")
         shift = tl.where(has, m - row_max, 0.0)  # <= 0
-        if WITH_SIGNALS or not TEMPERED:
+        if NEED_REST:
             rest_all = tl.sum(tl.where(has, (rest + joins) * tl.exp(shift), 0.0), axis=0)
         if TEMPERED:
             rest_all_t = tl.sum(tl.where(has, (rest_t + joins) * tl.exp(shift * inv_t), 0.0), axis=0)
@@ -146,7 +148,8 @@ def forward(logits: Tensor, targets: Tensor, temperature: float, logprobs_only: 
     forward_kernel[(rows,)](
         logits, logits.stride(0), targets, vocab, 1.0 / temperature,
         out[0], out[1], out[2], out[3], out[4], math.log(vocab),
-        WITH_SIGNALS=not logprobs_only, TEMPERED=temperature != 1.0, BLOCK=_block_size(vocab, FORWARD_LAUNCH[0]),
+        WITH_SIGNALS=not logprobs_only, TEMPERED=temperature != 1.0, NEED_REST=not logprobs_only or temperature == 1.0,
+        BLOCK=_block_size(vocab, FORWARD_LAUNCH[0]),
         num_warps=FORWARD_LAUNCH[1],
     )
     logprobs, sc, entropy, row_max, log_norm_t = out

@@ -82,40 +82,11 @@ def test_triton_default_launch_over_several_tiles_and_a_ragged_end():
 
 
 
-COMPILE_FOR_GPUS = r"""
-import json, os, subprocess, sys, tempfile
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from rlif import triton_signals
-
-forward, backward = triton_signals._kernels()
-cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-block, warps = triton_signals.FORWARD_LAUNCH
-pointers = dict.fromkeys(["logprobs_ptr", "sc_ptr", "entropy_ptr", "row_max_ptr", "log_norm_t_ptr"], "*fp32")
-signature = {"logits_ptr": "*bf16", "row_stride": "i64", "targets_ptr": "*i64", "vocab": "i32", "inv_t": "fp32",
-             **pointers, "log_vocab": "fp32", **dict.fromkeys(["WITH_SIGNALS", "TEMPERED", "NEED_REST", "BLOCK"], "constexpr")}
-report = []
-for capability in (80, 90):
-    for with_signals, tempered in [(True, False), (True, True), (False, True), (False, False)]:
-        constants = {"WITH_SIGNALS": with_signals, "TEMPERED": tempered, "NEED_REST": with_signals or not tempered, "BLOCK": block}
-        kernel = triton.compile(ASTSource(fn=forward, signature=signature, constexprs=constants),
-                                target=GPUTarget("cuda", capability, 32), options={"num_warps": warps})
-        with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as cubin:
-            cubin.write(kernel.asm["cubin"])
-        usage = subprocess.run([cuobjdump, "--dump-resource-usage", cubin.name], capture_output=True, text=True).stdout
-        report.append({"sm": capability, "signals": with_signals, "tempered": tempered, "usage": usage})
-    signature_bwd = {"logits_ptr": "*bf16", "row_stride": "i64", "targets_ptr": "*i64", "vocab": "i32", "inv_t": "fp32",
-                     "row_max_ptr": "*fp32", "log_norm_t_ptr": "*fp32", "scale_ptr": "*fp32", "BLOCK": "constexpr"}
-    triton.compile(ASTSource(fn=backward, signature=signature_bwd, constexprs={"BLOCK": 4096}),
-                   target=GPUTarget("cuda", capability, 32), options={"num_warps": 4})
-print(json.dumps(report))
-"""
-
 
 def test_triton_kernels_compile_for_ampere_and_hopper_without_spilling():
-    """The interpreter runs the kernels as Python; this compiles them to GPU machine code (Triton ships ptxas), which
-    catches what only the real compiler rejects, and checks the forward keeps its per-lane state in registers."""
+    """The interpreter runs the kernels as Python; bench/triton_sass.py compiles them to GPU machine code (Triton ships
+    ptxas), which catches what only the real compiler rejects. The forward keeps its per-lane state in registers and
+    its loop has no reduction across threads."""
     import json
     import os
     import subprocess
@@ -128,9 +99,16 @@ def test_triton_kernels_compile_for_ampere_and_hopper_without_spilling():
         pytest.skip("this triton has no NVIDIA toolchain")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    out = subprocess.run([sys.executable, "-c", COMPILE_FOR_GPUS], capture_output=True, text=True, env=env, timeout=600)
+    script = Path(__file__).parents[1] / "bench" / "triton_sass.py"
+    launch = "x".join(map(str, triton_signals.FORWARD_LAUNCH))
+    out = subprocess.run([sys.executable, str(script), "--json", "--launch", launch], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(report) == 8
-    for entry in report:
-        assert "LOCAL:0" in entry["usage"] and "STACK:0" in entry["usage"], entry  # no register spills
+    rows = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [r["sm"] for r in rows if r["kernel"] == "backward"] == [80, 90]
+    forward = [r for r in rows if r["kernel"] == "forward"]
+    assert len(forward) == 8  # 2 architectures x (signals or not) x (temperature 1 or not)
+    for row in rows:
+        assert row["local_bytes"] == 0, row  # no register spills
+    for row in forward:
+        assert row["loop"]["barriers"] == 0 and row["loop"]["shuffles"] == 0, row
+        assert row["loop"]["exp2"] == (2 if row["tempered"] and row["signals"] else 1) * row["block"] // (32 * row["warps"]), row

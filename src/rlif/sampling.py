@@ -383,9 +383,8 @@ class _StaticDecoder:
         rows = rows.select(fill)
         width = rows.attention.shape[1]
         self.cache.reset()
+        source = fill // num_samples  # (R,) prompt i's cache row serves its samples: row r reads prompt fill[r] // n
         for layer_index, layer in enumerate(prefill_cache.layers):
-            # prompt i's cache row serves its samples: row r of the fixed batch reads prompt fill[r] // n
-            source = fill // num_samples
             self.cache.update(layer.keys[source], layer.values[source], layer_index)
         attention = torch.zeros(self.num_rows, self.length, dtype=torch.long, device=device)  # (R, L)
         attention[:, :width] = rows.attention

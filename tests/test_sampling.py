@@ -161,6 +161,11 @@ def test_compiled_decode_draws_the_same_and_compiles_once(loaded):
     assert again.responses == sample(model, encoded[:1], decode="dynamic", **{**kwargs, "max_new_tokens": 7}).responses
     assert _COMPILED_DECODERS[model][8] is decoder
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    # The same model under bf16 autocast (as training samples) and then without: each gets a cache of its dtype.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = sample(model, encoded, decode="compiled", **kwargs)
+        assert under_autocast.responses == sample(model, encoded, decode="dynamic", **kwargs).responses
+    _assert_same_samples(dynamic, sample(model, encoded, decode="compiled", **kwargs), track_signals=True)
 
 
 def test_unknown_decode_mode_is_refused(loaded):

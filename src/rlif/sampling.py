@@ -365,15 +365,18 @@ class _StaticDecoder:
         return kept[num_rows]
 
     def __init__(self, config, num_rows: int, length: int, compiled: bool):
-        from transformers import StaticCache
-
-        self.num_rows, self.length, self.compiled = num_rows, length, compiled
-        self.cache = StaticCache(config=config, max_cache_len=length)
+        self.config, self.num_rows, self.length, self.compiled = config, num_rows, length, compiled
+        self.cache = self._new_cache()
         if any(getattr(layer, "is_sliding", False) for layer in self.cache.layers):
             raise ValueError(
                 f"decode={'compiled' if compiled else 'static'!r} needs full-attention layers; {config.model_type} has "
                 "sliding-window layers: use decode='dynamic'"
             )
+
+    def _new_cache(self):
+        from transformers import StaticCache
+
+        return StaticCache(config=self.config, max_cache_len=self.length)  # allocated by its first update
 
     def decode(self, model, prefill_cache, num_samples: int, rows: _BatchRows, pick: _Picker, eos: Tensor, max_new_tokens: int):
         """Decode one batch (at most `num_rows` rows; the rest of the fixed batch repeats them and is
@@ -382,6 +385,9 @@ class _StaticDecoder:
         fill = torch.arange(self.num_rows, device=device) % real_rows  # (R,) the rows that fill the batch
         rows = rows.select(fill)
         width = rows.attention.shape[1]
+        first, prefilled = self.cache.layers[0], prefill_cache.layers[0]
+        if getattr(first, "is_initialized", False) and (first.keys.dtype, first.values.dtype) != (prefilled.keys.dtype, prefilled.values.dtype):
+            self.cache = self._new_cache()  # the same model sampled with and without autocast: another cache
         self.cache.reset()
         source = fill // num_samples  # (R,) prompt i's cache row serves its samples: row r reads prompt fill[r] // n
         for layer_index, layer in enumerate(prefill_cache.layers):

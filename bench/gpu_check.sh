@@ -7,7 +7,7 @@
 # The stages take more than one 10-minute device call together (about 13 minutes on an H200, 2026-11-26, before the
 # compiled decode and its compile times were added), and a lease is 15 minutes including the machine's start, so run
 # them as calls on the warm machine in this order of importance (device tool, carry [".whl"], timeout_s 600):
-#     bash bench/gpu_check.sh tests signals rollout     # at most 470 s: correctness, then the signals and rollout targets
+#     bash bench/gpu_check.sh tests signals rollout     # at most 530 s: correctness, then the signals and rollout targets
 #     bash bench/gpu_check.sh step                      # at most 330 s: the step vs TRL
 #     bash bench/gpu_check.sh train                     # at most 200 s: 1.5B steps and the micro-batch probe (if time is left)
 # No argument runs every stage. Results: printed, and written under $OUT (or bench/out): device.txt, tests.txt,
@@ -44,7 +44,7 @@ stage() {  # name, limit (s), command...
 
 # tests: the GPU paths (Triton kernels compiled, not interpreted, the compiled decode) against the references.
 #   41 s on an H200 before the compiled-decode test was added.
-want tests && stage tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_triton_signals.py tests/test_signals.py tests/test_sampling.py
+want tests && stage tests 180 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_triton_signals.py tests/test_signals.py tests/test_sampling.py
 # signals: the shape, 16,384 tokens, Qwen2.5-1.5B head (d 1536, V 151,936), bf16; Triton (fused) and the
 #   PyTorch path (fused-torch), two chunk sizes. 90 s.
 #   fused@2048#4096x8 and fused@2048#1024x4: other launch shapes of the Triton forward kernel (lanes x warps).

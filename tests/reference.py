@@ -6,6 +6,7 @@ hundreds), so very peaked distributions need it.
 """
 
 import mpmath
+import numpy as np
 import torch
 
 
@@ -57,3 +58,19 @@ def assert_signals_match_float64(hidden, weight, bias, targets, upstream, temper
     for actual, expected in ((hidden.grad, h64.grad), (weight.grad, w64.grad), (bias.grad, b64.grad)):
         assert_close(actual, expected, rtol=1e-4, atol=1e-5)
 
+
+
+def keyed_uniform_reference(seed: int, prompt_keys: np.ndarray, sample_ids: np.ndarray, position: int) -> np.ndarray:
+    """splitmix64 of (seed, prompt key, sample id, position) in numpy uint64, top 53 bits as a float in [0, 1)."""
+    golden = np.uint64(0x9E3779B97F4A7C15)
+
+    def splitmix(x):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+    with np.errstate(over="ignore"):
+        x = np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * golden
+        for part in (prompt_keys.astype(np.uint64), sample_ids.astype(np.uint64), np.uint64(position)):
+            x = splitmix(x ^ (part + golden))
+    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))

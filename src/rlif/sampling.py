@@ -21,51 +21,24 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from rlif.config import DECODE_MODES
 from rlif.signals import TokenSignals, block_signals
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_GOLDEN = 0x9E3779B97F4A7C15  # splitmix64's increment
 
 
-def keyed_uniform(seed: int, prompt_keys: np.ndarray, sample_ids: np.ndarray, position: int) -> np.ndarray:
-    """Uniform floats in [0, 1), one per row, from splitmix64 of (seed, prompt key, sample id, position)."""
-    with np.errstate(over="ignore"):
-        x = np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * _GOLDEN
-        for part in (prompt_keys.astype(np.uint64), sample_ids.astype(np.uint64), np.uint64(position)):
-            x = _splitmix(x ^ (part + _GOLDEN))
-    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-
-
-def _splitmix(x):
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def _int64(constant: int) -> int:
-    """A 64-bit pattern as the signed integer torch.int64 stores it."""
-    constant &= 0xFFFFFFFFFFFFFFFF
-    return constant - (1 << 64) if constant >= 1 << 63 else constant
-
-
-def _shift_right(x: Tensor, bits: int) -> Tensor:
-    """Logical right shift of int64 bit patterns (torch's >> is arithmetic)."""
-    return (x >> bits) & ((1 << (64 - bits)) - 1)
-
-
-def keyed_uniform_tensor(seed: int, prompt_keys: Tensor, sample_ids: Tensor, position: int) -> Tensor:
-    """`keyed_uniform` on int64 tensors, on their device: the same bits (int64 products wrap mod 2^64)."""
+def keyed_uniform(seed: int, prompt_keys: Tensor, sample_ids: Tensor, position: int) -> Tensor:
+    """(A,) float64 uniforms in [0, 1), one per row, from splitmix64 of (seed, prompt key, sample id, position),
+    on the keys' device (int64 products wrap mod 2^64, as the uint64 arithmetic of splitmix64 does)."""
     return uniform_at(row_stream(seed, prompt_keys, sample_ids), position)
 
 
 def row_stream(seed: int, prompt_keys: Tensor, sample_ids: Tensor) -> Tensor:
-    """(A,) int64 hash state of each row's stream: `keyed_uniform_tensor` before the position is mixed in."""
-    x = _int64((seed & 0xFFFFFFFFFFFFFFFF) * int(_GOLDEN))
-    return _mix(_mix(x, prompt_keys), sample_ids)
+    """(A,) int64 hash state of each row's stream: `keyed_uniform` before the position is mixed in."""
+    return _mix(_mix(_int64(seed * _GOLDEN), prompt_keys), sample_ids)
 
 
 def uniform_at(stream: Tensor, position: int) -> Tensor:
@@ -75,10 +48,21 @@ def uniform_at(stream: Tensor, position: int) -> Tensor:
 
 def _mix(x, part):
     """One splitmix64 round of x ^ (part + golden), on int64 bit patterns."""
-    x = x ^ (part + _int64(int(_GOLDEN)))
+    x = x ^ (part + _int64(_GOLDEN))
     x = (x ^ _shift_right(x, 30)) * _int64(0xBF58476D1CE4E5B9)
     x = (x ^ _shift_right(x, 27)) * _int64(0x94D049BB133111EB)
     return x ^ _shift_right(x, 31)
+
+
+def _int64(constant: int) -> int:
+    """A 64-bit pattern (the integer mod 2^64) as the signed integer torch.int64 stores it."""
+    constant &= 0xFFFFFFFFFFFFFFFF
+    return constant - (1 << 64) if constant >= 1 << 63 else constant
+
+
+def _shift_right(x: Tensor, bits: int) -> Tensor:
+    """Logical right shift of int64 bit patterns (torch's >> is arithmetic)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
 
 
 def draw_tokens(logits: Tensor, uniforms: Tensor, temperature: float, top_p: float = 1.0) -> Tensor:
@@ -198,6 +182,7 @@ def sample(
     per_token = torch.zeros(rows, max_new_tokens, 3) if track_signals else None  # logprob, self-certainty, entropy
     pick = _Picker(temperature, top_p, greedy, track_signals)
     eos = torch.tensor(list(eos_ids), device=device)
+    cache_kw = _cache_argument(model)  # the forward's name for the KV cache
     prompts_per_batch = max(1, batch_size // num_samples)
     static = None
     if decode != "dynamic":
@@ -229,7 +214,7 @@ def sample(
             position_ids=positions,
             use_cache=True,
             logits_to_keep=1,
-            **{_cache_argument(model): cache},
+            **{cache_kw: cache},
         )
         row_ids = torch.tensor([i * num_samples + j for i in batch for j in range(num_samples)])  # (A,) output rows
         batch_rows = _BatchRows(
@@ -240,9 +225,9 @@ def sample(
         )
         if static is None:
             cache.batch_repeat_interleave(num_samples)
-            record = _decode_dynamic(model, cache, batch_rows, pick, eos, max_new_tokens)
+            record = _decode_dynamic(model, cache_kw, cache, batch_rows, pick, eos, max_new_tokens)
         else:
-            record = static.decode(model, cache, num_samples, batch_rows, pick, eos, max_new_tokens)
+            record = static.decode(model, cache_kw, cache, num_samples, batch_rows, pick, eos, max_new_tokens)
         tokens, batch_lengths, batch_truncated, signals = record
         tokens_out[row_ids, : tokens.shape[1]] = tokens
         lengths[row_ids], truncated[row_ids] = batch_lengths, batch_truncated
@@ -304,7 +289,7 @@ class _Picker:
         return step.targets, torch.stack([step.logprobs, step.self_certainty, step.entropy], -1)
 
 
-def _decode_dynamic(model, cache, rows: _BatchRows, pick: _Picker, eos: Tensor, max_new_tokens: int):
+def _decode_dynamic(model, cache_kw: str, cache, rows: _BatchRows, pick: _Picker, eos: Tensor, max_new_tokens: int):
     """Decode with a growing cache; finished rows leave the batch at once. Returns CPU tensors:
     tokens (A, T), lengths (A,), truncated (A,), signals (A, T, 3) or None."""
     num_rows = rows.logits.shape[0]
@@ -338,7 +323,7 @@ def _decode_dynamic(model, cache, rows: _BatchRows, pick: _Picker, eos: Tensor, 
             attention_mask=attention,
             position_ids=next_position,
             use_cache=True,
-            **{_cache_argument(model): cache},
+            **{cache_kw: cache},
         )
         logits = out.logits[:, -1]  # (A', V)
         next_position = next_position + 1
@@ -378,7 +363,9 @@ class _StaticDecoder:
 
         return StaticCache(config=self.config, max_cache_len=self.length)  # allocated by its first update
 
-    def decode(self, model, prefill_cache, num_samples: int, rows: _BatchRows, pick: _Picker, eos: Tensor, max_new_tokens: int):
+    def decode(
+        self, model, cache_kw: str, prefill_cache, num_samples: int, rows: _BatchRows, pick: _Picker, eos: Tensor, max_new_tokens: int
+    ):
         """Decode one batch (at most `num_rows` rows; the rest of the fixed batch repeats them and is
         dropped). Same outputs as `_decode_dynamic`."""
         real_rows, device = rows.logits.shape[0], rows.logits.device
@@ -420,7 +407,7 @@ class _StaticDecoder:
                 position_ids=next_position + t,
                 use_cache=True,
                 logits_to_keep=1,
-                **{_cache_argument(model): self.cache},
+                **{cache_kw: self.cache},
             )
             logits = out.logits[:, -1].to(torch.float32, copy=True)  # (R, V), ours: the graph reuses its output
         end = int(lengths.max())

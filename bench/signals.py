@@ -9,7 +9,9 @@ Variants (each measured in a fresh subprocess, so one variant's allocations cann
   fused       rlif.signals.hidden_signals, `--chunk` rows at a time (the forward of the scoring passes)
   naive+bwd   naive log-prob forward + backward to the hidden states and the weight (the update)
   fused+bwd   hidden_signals(logprobs_only=True) forward + recomputing backward
-  fused-torch, fused-torch+bwd   the same with backend="torch" (on CUDA, `fused` runs the Triton kernels)
+  naive+hbwd, fused+hbwd         the same with the head frozen (LoRA): gradient to the hidden states only; rlif's
+              forward then prepares it and the backward only scales rows (no recomputed logits)
+  fused-torch, fused-torch+bwd, fused-torch+hbwd   the same with backend="torch" (on CUDA, `fused` runs the Triton kernels)
   Any fused variant takes a chunk size after '@' (`fused@2048`) to compare chunk sizes in one run, and the Triton
   forward kernel's lanes per row and warps after '#' (`fused@2048#4096x8`; default rlif.triton_signals.FORWARD_LAUNCH).
 
@@ -17,6 +19,8 @@ Peak extra memory: on CPU, the subprocess builds its inputs, runs one small warm
 resident-set counter (/proc/self/clear_refs), reads its resident set size, runs the variant once and reads the peak
 (VmHWM); extra = peak - before. Every byte torch allocates and writes on CPU is resident, so this counts the blocks a
 variant materializes at once. On CUDA: torch.cuda.max_memory_allocated minus the memory allocated before.
+The memory ratio compares working memory: peak extra minus the variant's outputs (the same for naive and fused; with
+a trained head they include the (V, d) weight gradient, which would otherwise hide what the blocks cost).
 Times: all variants in one process, alternating call by call (`--repeats` calls each per round, one process per
 round); ratios are medians of each call's time over the adjacent call of the baseline, so the machine's changing load
 hits both alike.
@@ -46,6 +50,7 @@ PRESETS = {
 FORWARD = ["matmul", "naive", "fused"]
 DEFAULT_LAUNCH = triton_signals.FORWARD_LAUNCH
 BACKWARD = ["naive+bwd", "fused+bwd"]
+FROZEN_HEAD = ["naive+hbwd", "fused+hbwd"]
 
 
 def naive_signals(hidden, weight, targets, temperature=1.0):
@@ -90,9 +95,9 @@ def run_variant(variant, hidden, weight, targets, args):
         with torch.no_grad():
             return hidden_signals(hidden, weight, targets, temperature=temperature, chunk_size=chunk, backend=backend)
     h = hidden.detach().requires_grad_()
-    w = weight.detach().requires_grad_()
+    w = weight.detach().requires_grad_(not variant.endswith("+hbwd"))  # +hbwd: frozen head, as under LoRA
     upstream = torch.ones(h.shape[0], device=h.device)
-    if variant == "naive+bwd":
+    if variant.startswith("naive"):
         logits = h @ w.T
         logp = torch.log_softmax(logits.float() / temperature, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
     else:
@@ -127,8 +132,9 @@ def worker(args) -> dict:
             before = current_rss_bytes()
             result = run_variant(names, hidden, weight, targets, args)
             extra = peak_rss_bytes() - before
+        outputs = sum(t.numel() * t.element_size() for t in (result if isinstance(result, tuple) else (result,)) if t is not None)
         del result
-        return {"variant": names, "extra_bytes": extra}
+        return {"variant": names, "extra_bytes": extra, "output_bytes": outputs}
     # Timing: variants alternate call by call, so a change in the machine's load hits them alike.
     times = {variant: [] for variant in names.split(",")}
     for _ in range(args.repeats):
@@ -141,7 +147,7 @@ def worker(args) -> dict:
 
 def parse_variants(text: str) -> list[str]:
     """The comma-separated --variants, checked (bench/gpu_check.sh's list is tested against this)."""
-    known = FORWARD + BACKWARD + ["fused-torch", "fused-torch+bwd"]
+    known = FORWARD + BACKWARD + FROZEN_HEAD + ["fused-torch", "fused-torch+bwd", "fused-torch+hbwd"]
     variants = text.split(",")
     for variant in variants:
         rest, _, launch = variant.partition("#")
@@ -165,7 +171,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--variants", default=",".join(FORWARD + BACKWARD))
+    parser.add_argument("--variants", default=",".join(FORWARD + BACKWARD + FROZEN_HEAD))
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -189,10 +195,11 @@ def main(argv=None):
             raise RuntimeError(f"{worker_arg} failed:\n{out.stderr[-3000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    extra = {}
+    extra, working = {}, {}
     for variant in variants:  # one fresh process per variant: no allocation of one can hide another's
-        extra[variant] = call(f"memory:{variant}")["extra_bytes"]
-        print(f"  peak extra memory {variant}: {gib(extra[variant])}", file=sys.stderr)
+        record = call(f"memory:{variant}")
+        extra[variant], working[variant] = record["extra_bytes"], record["extra_bytes"] - record["output_bytes"]
+        print(f"  peak extra memory {variant}: {gib(extra[variant])} (working {gib(working[variant])})", file=sys.stderr)
     seconds = {variant: [] for variant in variants}
     for round_index in range(args.rounds):
         order = variants if round_index % 2 == 0 else variants[::-1]
@@ -200,7 +207,7 @@ def main(argv=None):
         for variant, values in record["seconds"].items():
             seconds[variant] += values
         print(f"  round {round_index + 1}: " + ", ".join(f"{v} {statistics.median(t):.3f} s" for v, t in record["seconds"].items()), file=sys.stderr)
-    results = {v: {"extra_bytes": extra[v], "seconds": seconds[v]} for v in variants}
+    results = {v: {"extra_bytes": extra[v], "working_bytes": working[v], "seconds": seconds[v]} for v in variants}
 
     def ratio(variant, baseline):
         """Median over calls of time / the baseline's adjacent call (calls alternate)."""
@@ -211,16 +218,19 @@ def main(argv=None):
     print(f"device: {device_name()}; {versions()}")
     rows = []
     for variant in variants:
-        baseline = "naive+bwd" if variant.partition("@")[0].endswith("+bwd") else "naive"
-        row = [variant, f"{statistics.median(seconds[variant]) * 1000:.1f} ms", gib(extra[variant])]
-        if baseline in seconds:
-            row += [f"{ratio(variant, baseline):.2f}x", f"{extra[baseline] / max(extra[variant], 1):.1f}x less"]
+        name = variant.partition("#")[0].partition("@")[0]
+        baseline = "naive" + name[name.index("+"):] if "+" in name else "naive"  # naive+bwd, naive+hbwd or naive
+        row = [variant, f"{statistics.median(seconds[variant]) * 1000:.1f} ms", gib(extra[variant]), gib(working[variant])]
+        if baseline in seconds and variant != "matmul":  # the matmul's output is its logits: no working memory to compare
+            floor = 2**20  # below 1 MiB the resident-set counter cannot tell
+            less = f"{working[baseline] / working[variant]:.1f}x less" if working[variant] >= floor else f"> {working[baseline] / floor:.0f}x less"
+            row += [f"{ratio(variant, baseline):.2f}x", less]
         else:
             row += ["", ""]
         if "matmul" in seconds:
             row.append(f"{ratio(variant, 'matmul'):.2f}x")
         rows.append(row)
-    headers = ["variant", "time (median)", "peak extra memory", "time vs naive", "memory vs naive"]
+    headers = ["variant", "time (median)", "peak extra memory", "working (- outputs)", "time vs naive", "working memory vs naive"]
     if "matmul" in seconds:
         headers.append("time vs matmul")
     print(table(headers, rows))

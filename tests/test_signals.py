@@ -127,6 +127,57 @@ def test_chunked_paths_on_odd_shapes(shape, temperature, logprobs_only):
     assert_signals_match_float64(hidden, weight, bias, targets, upstream, temperature, logprobs, sc, entropy, logprobs_only)
 
 
+@pytest.mark.parametrize("shape", ODD_SHAPES)
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_frozen_head_gradient_is_prepared_in_the_forward(shape, temperature, with_bias):
+    """LoRA's case (head frozen): the forward saves d logp / d hidden, one (N, d) tensor, and the backward scales rows."""
+    n, d, vocab, chunk = shape
+    generator = torch.Generator().manual_seed(n + 7 * vocab)
+    hidden = torch.randn(n, d, generator=generator).mul(2.0).requires_grad_()
+    weight = torch.randn(vocab, d, generator=generator)
+    bias = torch.randn(vocab, generator=generator) if with_bias else None
+    targets = torch.randint(0, vocab, (n,), generator=generator)
+    upstream = torch.randn(n, generator=generator)
+
+    logprobs = hidden_signals(hidden, weight, targets, bias=bias, temperature=temperature, chunk_size=chunk, logprobs_only=True)[0]
+    assert [tuple(t.shape) for t in logprobs.grad_fn.saved_tensors] == [(n, d)]  # not the hidden states and the head
+    (logprobs * upstream).sum().backward()
+
+    h64 = hidden.detach().double().requires_grad_()
+    logits64 = h64 @ weight.double().T + (0 if bias is None else bias.double())
+    ref_logprobs = reference(logits64, targets, temperature)[0]
+    (ref_logprobs * upstream.double()).sum().backward()
+    assert_close(logprobs, ref_logprobs.detach(), rtol=1e-5, atol=1e-5)
+    assert_close(hidden.grad, h64.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("train_head", [True, False])
+def test_bf16_matmul_gradients_match_the_reference_on_rounded_operands(train_head):
+    """compute_dtype bf16 (autocast's): both backward paths, against float64 on the bf16-rounded hidden states and head."""
+    generator = torch.Generator().manual_seed(8)
+    n, d, vocab, temperature = 37, 24, 611, 0.8
+    hidden = torch.randn(n, d, generator=generator).requires_grad_()
+    weight = (torch.randn(vocab, d, generator=generator) * 0.3).requires_grad_(train_head)
+    targets = torch.randint(0, vocab, (n,), generator=generator)
+    upstream = torch.randn(n, generator=generator)
+    logprobs = hidden_signals(hidden, weight, targets, temperature=temperature, chunk_size=9, compute_dtype=torch.bfloat16,
+                              logprobs_only=True)[0]
+    (logprobs * upstream).sum().backward()
+
+    h16, w16 = hidden.detach().bfloat16().double(), weight.detach().bfloat16().double()
+    logits = (hidden.detach().bfloat16() @ weight.detach().bfloat16().T).double().requires_grad_()  # what the matmul made
+    ref_logprobs = reference(logits, targets, temperature)[0]
+    (ref_logprobs * upstream.double()).sum().backward()
+    assert_close(logprobs, ref_logprobs.detach(), rtol=1e-5, atol=1e-5)
+    # d/d hidden and d/d weight through the bf16 matmul; the gradient block is rounded to bf16 once (rel. 2^-9)
+    assert_close(hidden.grad, logits.grad @ w16, rtol=2e-2, atol=2e-3)
+    if train_head:
+        assert_close(weight.grad, logits.grad.T @ h16, rtol=2e-2, atol=2e-3)
+    else:
+        assert weight.grad is None
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.9])
 def test_block_signals_works_in_place_and_returns_the_log_normalizer(temperature):
     torch.manual_seed(3)
@@ -142,8 +193,10 @@ def test_block_signals_works_in_place_and_returns_the_log_normalizer(temperature
     assert_close(logprobs, ref_logprobs, rtol=1e-5, atol=1e-6)
     assert_close(sc, ref_sc, rtol=1e-4, atol=2e-6)
     assert_close(entropy, ref_entropy, rtol=1e-4)
-    only, none_sc, none_entropy, _, log_norm_only, _ = block_signals(logits.clone(), targets, temperature, logprobs_only=True)
+    block = logits.clone()
+    only, none_sc, none_entropy, _, log_norm_only, _ = block_signals(block, targets, temperature, logprobs_only=True)
     assert none_sc is None and none_entropy is None
+    assert_close(block, torch.exp((logits.double() - row_max.double()[:, None]) / temperature), rtol=1e-5)  # left for a backward
     assert_close(only, ref_logprobs, rtol=1e-5, atol=1e-6)
     assert_close(log_norm_only, log_norm_t, rtol=1e-6)
 

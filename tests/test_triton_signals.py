@@ -37,6 +37,26 @@ def test_triton_forward_and_backward_match_float64(shape, temperature, logprobs_
     assert_signals_match_float64(hidden, weight, bias, targets, upstream, temperature, logprobs, sc, entropy, logprobs_only)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_triton_frozen_head_gradient_matches_float64(temperature, monkeypatch):
+    """Head frozen (LoRA): the forward turns each chunk's logits into d logp / d z with the backward kernel."""
+    monkeypatch.setattr(triton_signals, "_block_size", lambda vocab, largest=4096: 16)
+    generator = torch.Generator().manual_seed(11)
+    n, d, vocab, chunk = 20, 8, 300, 7
+    hidden = (torch.randn(n, d, generator=generator) * 2).to(device()).requires_grad_()
+    weight = torch.randn(vocab, d, generator=generator).to(device())
+    targets = torch.randint(0, vocab, (n,), generator=generator).to(device())
+    upstream = torch.randn(n, generator=generator).to(device())
+    logprobs = hidden_signals(hidden, weight, targets, temperature=temperature, chunk_size=chunk, logprobs_only=True,
+                              backend="triton")[0]
+    assert [tuple(t.shape) for t in logprobs.grad_fn.saved_tensors] == [(n, d)]
+    (logprobs * upstream).sum().backward()
+    h64 = hidden.detach().cpu().double().requires_grad_()
+    ref_logprobs = reference(h64 @ weight.cpu().double().T, targets.cpu(), temperature)[0]
+    (ref_logprobs * upstream.cpu().double()).sum().backward()
+    assert_close(logprobs, ref_logprobs.detach(), rtol=1e-5, atol=1e-5)
+    assert_close(hidden.grad, h64.grad, rtol=1e-4, atol=1e-5)
+
 def test_triton_keeps_relative_precision_on_peaked_rows_and_ties(monkeypatch):
     monkeypatch.setattr(triton_signals, "_block_size", lambda vocab, largest=4096: 16)
     torch.manual_seed(2)

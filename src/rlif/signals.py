@@ -90,6 +90,7 @@ def block_signals(
         s_target = s.gather(-1, targets[:, None]).squeeze(-1)  # (N,)
         weights_t = s.mul_(inv_t).exp_() if temperature != 1.0 else s.exp_()  # (N, V) exp(s / T), in place
         rest_t = weights_t.scatter_(-1, argmax, 0.0).sum(-1)  # (N,) without the max term (exactly 1)
+        weights_t.scatter_(-1, argmax, 1.0)  # z is left holding exp((z - max) / T)
         log_norm_t = torch.log1p(rest_t)  # (N,) logsumexp(s / T); log1p keeps peaked rows precise
         return BlockSignals(s_target * inv_t - log_norm_t, None, None, z_max.squeeze(-1), log_norm_t, targets)
     mean_s = None if logprobs_only else s.mean(-1)  # (N,)
@@ -144,28 +145,44 @@ def _chunk_logits(
 class _ChunkedSignals(torch.autograd.Function):
     """Signals for rows of hidden states; gradient flows through the log-prob only.
 
-    Two (chunk, V) float32 blocks (one with `logprobs_only` on GPU) are allocated once and reused by
-    every chunk (on CPU a fresh block costs more than a pass over it): the matmul writes the chunk's
-    logits into the first, and the signals are computed in place with the second as scratch. With
-    the Triton backend, one block in the matmul's dtype is all. The forward keeps each row's max and log-normalizer (2N
-    floats), so the backward rebuilds each chunk's softmax(z / T) from one recomputed matmul and one
-    exp, in the matmul's own block.
+    Forward: rows in chunks. Two (chunk, V) float32 blocks (one with `logprobs_only` on GPU) are allocated
+    once and reused by every chunk (on CPU a fresh block costs more than a pass over it): the matmul writes
+    the chunk's logits into the first, and the signals are computed in place with the second as scratch.
+    With the Triton backend, one block in the matmul's dtype is all. The forward keeps each row's max and
+    log-normalizer (2N floats) for the backward.
+
+    Backward, two ways:
+    - only the hidden states need a gradient (a frozen head: LoRA) and only log-probs were asked for: the
+      gradient is g_t (onehot - softmax(z_t / T)) W / T, and everything but the per-row scalar g_t is known
+      in the forward, where the chunk's logits are at hand. The forward turns them into (onehot - softmax) / T
+      and multiplies by W once (the (N, d) result is saved instead of the hidden states); the backward scales
+      rows. No recomputed logits, no matmul in the backward.
+    - otherwise (the head trains): the logits are recomputed in blocks of vocabulary COLUMNS over all N rows
+      (the same number of elements as a chunk of rows), softmax(z / T) rebuilt with one exp from the saved
+      max and log-normalizer, and each block's (cols, d) slice of the weight gradient written once from one
+      matmul over all rows. Row chunks would instead add a (V, d) product into the whole weight gradient per
+      chunk: a read and a write of V x d floats each time, with a short inner dimension.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, temperature, chunk_size, compute_dtype, logprobs_only, use_triton):
+    def forward(ctx, hidden, weight, bias, targets, temperature, chunk_size, compute_dtype, logprobs_only, use_triton, hidden_grad_only):
         n, vocab = hidden.shape[0], weight.shape[0]
         out_dtype = _signal_dtype(compute_dtype)
         logprobs = torch.empty(n, dtype=out_dtype, device=hidden.device)
         row_max, log_norm_t = torch.empty_like(logprobs), torch.empty_like(logprobs)
         self_certainty = None if logprobs_only else torch.empty_like(logprobs)
         entropy = None if logprobs_only else torch.empty_like(logprobs)
+        # hidden_grad_only (set by hidden_signals only with logprobs_only): d logp / d hidden up to each row's g
+        hidden_grad = torch.empty(hidden.shape, dtype=out_dtype, device=hidden.device) if hidden_grad_only else None
         rows_per_block = min(chunk_size, n)
         # Triton reduces the matmul's own output (bf16 on GPU): no float32 block at all.
         block_dtype = compute_dtype if use_triton else out_dtype
         logits_block = torch.empty(rows_per_block, vocab, dtype=block_dtype, device=hidden.device)  # (c, V)
         on_cpu = hidden.device.type == "cpu"
         scratch = None if (logprobs_only and not on_cpu) or use_triton else torch.empty_like(logits_block)  # (c, V)
+        low_block = None  # (c, V) in the matmul dtype, for the hidden-grad product of a float32 block
+        if hidden_grad_only and block_dtype != compute_dtype:
+            low_block = torch.empty(logits_block.shape, dtype=compute_dtype, device=hidden.device)
         weight_c = weight.to(compute_dtype)  # converted once, not per chunk
         bias_c = None if bias is None else bias.to(compute_dtype)
         with torch.autocast(device_type=hidden.device.type, enabled=False):
@@ -180,8 +197,20 @@ class _ChunkedSignals(torch.autograd.Function):
                 logprobs[rows], row_max[rows], log_norm_t[rows] = block.logprobs, block.row_max, block.log_norm_t
                 if not logprobs_only:
                     self_certainty[rows], entropy[rows] = block.self_certainty, block.entropy
-        ctx.save_for_backward(hidden, weight, bias, targets, row_max, log_norm_t)
+                if hidden_grad_only:
+                    ones = torch.ones(c, dtype=out_dtype, device=hidden.device)
+                    if use_triton:  # z still holds the logits
+                        grad_z = triton_signals.backward_in_place(z, targets[rows], temperature, block.row_max, block.log_norm_t, ones)
+                    else:  # block_signals(logprobs_only) left exp((z - max) / T) in z
+                        grad_z = _logprob_grad_from_weights_(z, targets[rows], temperature, block.log_norm_t)
+                    grad_z = grad_z if low_block is None else low_block[:c].copy_(grad_z)
+                    hidden_grad[rows] = grad_z @ weight_c  # (c, d)
+        if hidden_grad_only:
+            ctx.save_for_backward(hidden_grad)
+        else:
+            ctx.save_for_backward(hidden, weight, bias, targets, row_max, log_norm_t)
         ctx.temperature, ctx.chunk_size, ctx.compute_dtype, ctx.use_triton = temperature, chunk_size, compute_dtype, use_triton
+        ctx.hidden_grad_only, ctx.hidden_dtype = hidden_grad_only, hidden.dtype
         if logprobs_only:
             return logprobs
         ctx.mark_non_differentiable(self_certainty, entropy)
@@ -189,44 +218,62 @@ class _ChunkedSignals(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_logprobs, *_grad_signals):
+        if ctx.hidden_grad_only:
+            (hidden_grad,) = ctx.saved_tensors
+            grad_hidden = (hidden_grad * grad_logprobs[:, None].to(hidden_grad.dtype)).to(ctx.hidden_dtype)
+            return grad_hidden, None, None, None, None, None, None, None, None, None
         hidden, weight, bias, targets, row_max, log_norm_t = ctx.saved_tensors
-        temperature, chunk_size, dtype = ctx.temperature, ctx.chunk_size, ctx.compute_dtype
+        temperature, chunk_size, dtype, use_triton = ctx.temperature, ctx.chunk_size, ctx.compute_dtype, ctx.use_triton
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
-        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        n, vocab = hidden.shape[0], weight.shape[0]
         accumulate = _signal_dtype(dtype)
-        grad_weight = torch.zeros(weight.shape, dtype=accumulate, device=weight.device) if need_weight else None
-        grad_bias = torch.zeros(weight.shape[0], dtype=accumulate, device=weight.device) if need_bias else None
-        rows_per_block = min(chunk_size, hidden.shape[0])
-        use_triton = ctx.use_triton
+        grad_hidden = torch.zeros(hidden.shape, dtype=accumulate, device=hidden.device) if need_hidden else None
+        grad_weight = torch.empty(weight.shape, dtype=accumulate, device=weight.device) if need_weight else None
+        grad_bias = torch.empty(vocab, dtype=accumulate, device=weight.device) if need_bias else None
+        cols = _vocab_block(chunk_size, n, vocab)
         block_dtype = dtype if use_triton else accumulate  # Triton writes the gradient over the matmul's own output
-        grad_block = torch.empty(rows_per_block, weight.shape[0], dtype=block_dtype, device=hidden.device)  # (c, V)
-        low_block = torch.empty(grad_block.shape, dtype=dtype, device=hidden.device) if block_dtype != dtype else None
-        spare = torch.empty_like(grad_block) if hidden.device.type == "cpu" and low_block is None else None  # (c, V)
-        weight_c = weight.to(dtype)  # converted once, not per chunk
+        grad_block = torch.empty(n * cols, dtype=block_dtype, device=hidden.device)  # (n, cols) flat: views stay contiguous
+        low_block = torch.empty(n * cols, dtype=dtype, device=hidden.device) if block_dtype != dtype else None
+        hidden_c = hidden.to(dtype)  # (n, d), converted once
+        weight_c = weight.to(dtype)
         bias_c = None if bias is None else bias.to(dtype)
+        scale = grad_logprobs.to(accumulate) / temperature  # (n,) g / T
         with torch.autocast(device_type=hidden.device.type, enabled=False):
-            for start in range(0, hidden.shape[0], chunk_size):
-                rows = slice(start, start + chunk_size)
-                hidden_c = hidden[rows].to(dtype)  # (c, d)
-                c = hidden_c.shape[0]
-                scale = (grad_logprobs[rows] / temperature).to(accumulate)[:, None]  # (c, 1)
-                # d logp / d z = (onehot(target) - softmax(z / T)) / T, built in the logits' own block
-                grad_z = _chunk_logits(hidden_c, weight_c, bias_c, dtype, grad_block[:c], spare)  # (c, V)
+            for start in range(0, vocab, cols):
+                part = slice(start, start + cols)
+                c = weight_c[part].shape[0]
+                z = grad_block[: n * c].view(n, c)  # (n, c): columns start..start+c of every row's logits
+                _chunk_logits(hidden_c, weight_c[part], None if bias_c is None else bias_c[part], dtype, z)
+                # d logp / d z * g = (onehot(target) - softmax(z / T)) g / T; targets outside the block match no column
                 if use_triton:
-                    triton_signals.backward_in_place(grad_z, targets[rows], temperature, row_max[rows], log_norm_t[rows], grad_logprobs[rows])
+                    grad_z = triton_signals.backward_in_place(z, targets - start, temperature, row_max, log_norm_t, grad_logprobs)
                 else:
-                    grad_z.sub_(row_max[rows, None]).mul_(1.0 / temperature).sub_(log_norm_t[rows, None]).exp_()  # softmax(z / T)
-                    grad_z.mul_(-scale).scatter_add_(-1, targets[rows, None], scale)
-                grad_z_c = grad_z if low_block is None else low_block[:c].copy_(grad_z)  # (c, V) in the matmul dtype
+                    grad_z = z.sub_(row_max[:, None]).mul_(1.0 / temperature).sub_(log_norm_t[:, None]).exp_().mul_(-scale[:, None])
+                    inside = ((targets >= start) & (targets < start + c)).nonzero().squeeze(-1)  # rows whose target is here
+                    grad_z.index_put_((inside, targets[inside] - start), scale[inside], accumulate=True)
+                grad_z_c = grad_z if low_block is None else low_block[: n * c].view(n, c).copy_(grad_z)  # matmul dtype
                 if need_hidden:
-                    grad_hidden[rows] = (grad_z_c @ weight_c).to(hidden.dtype)
+                    _add_product(grad_hidden, grad_z_c, weight_c[part])  # (n, d) += (n, c) @ (c, d)
                 if need_weight:
-                    _add_product(grad_weight, grad_z_c.T, hidden_c)  # (V, d), accumulated in place
+                    _write_product(grad_weight[part], grad_z_c.T, hidden_c)  # (c, d), this block's rows only
                 if need_bias:
-                    grad_bias += grad_z.sum(0, dtype=accumulate)
+                    grad_bias[part] = grad_z.sum(0, dtype=accumulate)
+        grad_hidden = grad_hidden.to(hidden.dtype) if need_hidden else None
         grad_weight = grad_weight.to(weight.dtype) if need_weight else None
         grad_bias = grad_bias.to(bias.dtype) if need_bias else None
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None, None
+
+
+def _vocab_block(chunk_size: int, rows: int, vocab: int) -> int:
+    """Columns per backward block: chunk_size x V elements over `rows` rows (multiples of 128 when that many fit)."""
+    cols = min(vocab, max(1, chunk_size * vocab // max(rows, 1)))
+    return cols - cols % 128 if 128 <= cols < vocab else cols
+
+
+def _logprob_grad_from_weights_(weights: Tensor, targets: Tensor, temperature: float, log_norm_t: Tensor) -> Tensor:
+    """(onehot(target) - softmax(z / T)) / T, in place over weights = exp((z - max) / T) (N, V)."""
+    weights.mul_(torch.exp(-log_norm_t)[:, None] * (-1.0 / temperature))  # -softmax(z / T) / T
+    return weights.scatter_add_(-1, targets[:, None], torch.full_like(log_norm_t[:, None], 1.0 / temperature))
 
 
 def _add_product(total: Tensor, a: Tensor, b: Tensor) -> None:
@@ -238,6 +285,14 @@ def _add_product(total: Tensor, a: Tensor, b: Tensor) -> None:
         torch.addmm(total, a, b, out_dtype=total.dtype, out=total)
     else:
         total += (a @ b).to(total.dtype)
+
+
+def _write_product(out: Tensor, a: Tensor, b: Tensor) -> None:
+    """out = a @ b, `out` float32 (float64) whatever a's dtype, with the precision of `_add_product`."""
+    if a.dtype == out.dtype:
+        torch.mm(a, b, out=out)
+    else:
+        _add_product(out.zero_(), a, b)
 
 
 @functools.cache
@@ -285,7 +340,10 @@ def hidden_signals(
     if backend == "triton" and not triton_signals.available():
         raise ImportError("backend='triton' needs the triton package")
     use_triton = backend == "triton" or (backend == "auto" and hidden.is_cuda and dtype != torch.float64 and triton_signals.available())
-    args = (hidden, weight, bias, targets, float(temperature), int(chunk_size), dtype, logprobs_only, use_triton)
+    # A frozen head (LoRA) under autograd: the forward prepares the whole hidden-state gradient (see _ChunkedSignals).
+    frozen_head = not weight.requires_grad and (bias is None or not bias.requires_grad)
+    hidden_grad_only = logprobs_only and frozen_head and hidden.requires_grad and torch.is_grad_enabled()
+    args = (hidden, weight, bias, targets, float(temperature), int(chunk_size), dtype, logprobs_only, use_triton, hidden_grad_only)
     if logprobs_only:
         return _ChunkedSignals.apply(*args), None, None
     return _ChunkedSignals.apply(*args)

@@ -109,3 +109,20 @@ def test_unsupported_logit_transform_is_refused(tiny_model_dir):
     model.config.final_logit_softcapping = 30.0
     with pytest.raises(NotImplementedError, match="final_logit_softcapping"):
         SignalModel(model)
+
+
+def test_length_batches_group_rows_of_similar_length():
+    """Every row once, longest first, ties in row order; padded cells of the trimmed batches, derived by hand."""
+    from rlif.scoring import length_batches
+
+    prompt_lengths, response_lengths = [3, 3, 3, 3, 2], [10, 1, 9, 2, 1]  # totals 13, 4, 12, 5, 3
+    prompt_mask = torch.tensor([[0] * (3 - p) + [1] * p for p in prompt_lengths])
+    response_mask = torch.tensor([[1] * r + [0] * (10 - r) for r in response_lengths])
+    batches = length_batches(prompt_mask, response_mask, batch_size=2)
+    assert [b.tolist() for b in batches] == [[0, 2], [3, 1], [4]]
+
+    def cells(groups):  # rows x (longest prompt + longest response) of each batch after trim_padding
+        return sum(len(g) * (max(prompt_lengths[i] for i in g) + max(response_lengths[i] for i in g)) for g in groups)
+
+    assert cells([b.tolist() for b in batches]) == 2 * 13 + 2 * 5 + 1 * 3  # 39 cells for 34 tokens
+    assert cells([[0, 1], [2, 3], [4]]) == 2 * 13 + 2 * 12 + 3  # in row order: 53

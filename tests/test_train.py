@@ -233,7 +233,12 @@ def test_static_and_compiled_decode_train_the_same_run(tmp_path, tiny_model_dir,
         runs[decode] = comparable(read_jsonl(tmp_path / decode / "metrics.jsonl"))
     assert [sorted(m) for m in runs[other]] == [sorted(m) for m in runs["dynamic"]]
     for record, expected in zip(runs[other], runs["dynamic"]):
-        assert record == pytest.approx(expected, rel=1e-4, abs=1e-5)  # kl_ref: a difference of log-probs
+        # kl_ref: a difference of log-probs. loss/policy: a mean of advantages, rewards over their group's std; the
+        # tiny model's self-certainties differ by ~1e-4 within a group, which scales the kernels' rounding up 100x.
+        assert {k: v for k, v in record.items() if k != "loss/policy"} == pytest.approx(
+            {k: v for k, v in expected.items() if k != "loss/policy"}, rel=1e-4, abs=1e-5)
+        if "loss/policy" in expected:  # not in the step-0 evaluation's record
+            assert record["loss/policy"] == pytest.approx(expected["loss/policy"], rel=1e-3, abs=1e-5)
     certainty = [m["signals/self_certainty"] for m in runs["dynamic"] if "signals/self_certainty" in m]
     assert len(certainty) == 3 and certainty[0] != certainty[-1]  # the weights moved between rollouts
     answers = {decode: [r["response"] for r in read_jsonl(tmp_path / decode / "eval" / "step_000003.jsonl")] for decode in runs}

@@ -54,21 +54,18 @@ def score_texts(
     device = next(model.parameters()).device
     signal_model = SignalModel(model).to(device)
     tensors = encode_pairs(tokenizer, prompts, responses, chat_template=chat_template, system_prompt=system_prompt)
-    # Sort by length so each batch carries little padding; results come back in input order.
-    order = sorted(range(len(prompts)), key=lambda i: int(tensors[1][i].sum() + tensors[3][i].sum()))
-    sorted_tensors = [t[order] for t in tensors]
     with tqdm(total=len(prompts), desc="score", unit="row", disable=not progress) as bar:
-        signals = score_in_batches(signal_model, *sorted_tensors, batch_size=batch_size, progress=bar)
-    mask = sorted_tensors[3]
+        signals = score_in_batches(signal_model, *tensors, batch_size=batch_size, progress=bar)  # batched by length
+    mask = tensors[3]
     values = {
         "self_certainty": masked_mean(signals.self_certainty, mask),
         "entropy": masked_mean(signals.entropy, mask),
         "mean_logprob": masked_mean(signals.logprobs, mask),
     }
-    results = [None] * len(prompts)
-    for k, row in enumerate(order):
-        num_tokens = int(mask[k].sum())
-        results[row] = {name: float(v[k]) if num_tokens else None for name, v in values.items()}
+    results = []
+    for row in range(len(prompts)):
+        num_tokens = int(mask[row].sum())
+        results.append({name: float(v[row]) if num_tokens else None for name, v in values.items()})
         results[row]["num_tokens"] = num_tokens
     return results
 

@@ -97,6 +97,14 @@ def _scatter_rows(values: Tensor, rows: Tensor) -> Tensor:
     return out.masked_scatter(rows, values)
 
 
+def length_batches(prompt_mask: Tensor, response_mask: Tensor, batch_size: int) -> list[Tensor]:
+    """Row indices in batches of `batch_size`, longest rows first: a batch trimmed of its padding (`trim_padding`)
+    then carries little, where batches in row order pad every row to the longest response among them."""
+    lengths = prompt_mask.sum(1) + response_mask.sum(1)  # (B,)
+    order = torch.sort(lengths, descending=True, stable=True).indices
+    return list(order.split(batch_size))
+
+
 @torch.no_grad()
 def score_in_batches(
     signal_model: SignalModel,
@@ -109,12 +117,12 @@ def score_in_batches(
     temperature: float = 1.0,
     progress=None,
 ) -> TokenSignals:
-    """`signal_model` over rows in batches (padding trimmed per batch); (B, T) signals on the inputs' device."""
+    """`signal_model` over rows in batches of similar length (padding trimmed per batch); (B, T) signals on the
+    inputs' device, in the inputs' row order."""
     device = next(signal_model.parameters()).device
     num_rows, width = response_ids.shape
     out = [torch.zeros(num_rows, width, device=response_ids.device) for _ in range(3)]
-    for start in range(0, num_rows, batch_size):
-        rows = slice(start, start + batch_size)
+    for rows in length_batches(prompt_mask, response_mask, batch_size):
         batch = trim_padding(prompt_ids[rows], prompt_mask[rows], response_ids[rows], response_mask[rows])
         signals = signal_model(*(t.to(device) for t in batch), temperature=temperature)
         t = batch[2].shape[1]

@@ -63,7 +63,7 @@ from rlif.rewards import build_reward, compute_reward
 from rlif.answers import agreement, get_answer_format
 from rlif.rollout import Rollout, generate_rollout, seed_for
 from rlif.runlog import RunLogger
-from rlif.scoring import SignalModel, score_in_batches, trim_padding
+from rlif.scoring import SignalModel, length_batches, score_in_batches, trim_padding
 from rlif.signals import masked_mean
 
 
@@ -301,10 +301,9 @@ def train(config: Config) -> Path:
         signal_model.train()
         total_tokens = accelerator.reduce(rollout.response_mask.sum().to(accelerator.device), "sum").item()
         sums = torch.zeros(4)  # policy loss, kl, clipped tokens, tokens
-        num_rows = rollout.response_ids.shape[0]
-        micro_batches = list(range(0, num_rows, cfg_train.micro_batch_size))
-        for i, start in enumerate(micro_batches):
-            rows = slice(start, start + cfg_train.micro_batch_size)
+        # rows of similar length together (the loss is a token mean over the whole step, so grouping changes nothing)
+        micro_batches = length_batches(rollout.prompt_mask, rollout.response_mask, cfg_train.micro_batch_size)
+        for i, rows in enumerate(micro_batches):
             mb = trim_padding(*rollout.select(rows).values())
             width = mb[2].shape[1]
             with _maybe_no_sync(accelerator, signal_model, last=i == len(micro_batches) - 1):

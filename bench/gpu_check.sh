@@ -48,9 +48,10 @@ want tests && stage tests 180 python3 -m pytest -q -p no:cacheprovider tests/tes
 # signals: the issue's shape, 16,384 tokens, Qwen2.5-1.5B head (d 1536, V 151,936), bf16; Triton (fused) and the
 #   PyTorch path (fused-torch), two chunk sizes. 90 s.
 #   fused@2048#4096x8 and fused@2048#1024x4: other launch shapes of the Triton forward kernel (lanes x warps).
-#   fused+bwd@2048: the backward at train.chunk_tokens' default (fewer passes over the float32 weight gradient).
+#   fused+bwd@2048: the backward at train.chunk_tokens' default (vocabulary blocks 4x wider than at 512).
+#   naive+hbwd, fused+hbwd: the head frozen (LoRA); rlif's forward prepares the hidden-state gradient.
 want signals && stage signals 150 python3 bench/signals.py --preset issue --rounds 1 --repeats 5 --json "$OUT/signals.json" \
-  --variants matmul,naive,fused,fused@2048,fused@2048#4096x8,fused@2048#1024x4,fused-torch,naive+bwd,fused+bwd,fused+bwd@2048,fused-torch+bwd
+  --variants matmul,naive,fused,fused@2048,fused@2048#4096x8,fused@2048#1024x4,fused-torch,naive+bwd,fused+bwd,fused+bwd@2048,fused-torch+bwd,naive+hbwd,fused+hbwd
 # train: the largest update micro-batch, then real INTUITOR steps (train() itself) on Qwen2.5-1.5B, bf16 autocast,
 #   1,024-token responses. About 190 s (the first step warms up: 83 s, the second 41 s).
 want train && stage train 200 python3 bench/gpu_check.py --prompts 8 --steps 2 --time-budget 90 --output "$OUT/train.json"

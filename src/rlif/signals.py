@@ -249,8 +249,9 @@ class _ChunkedSignals(torch.autograd.Function):
                     grad_z = triton_signals.backward_in_place(z, targets - start, temperature, row_max, log_norm_t, grad_logprobs)
                 else:
                     grad_z = z.sub_(row_max[:, None]).mul_(1.0 / temperature).sub_(log_norm_t[:, None]).exp_().mul_(-scale[:, None])
-                    inside = ((targets >= start) & (targets < start + c)).nonzero().squeeze(-1)  # rows whose target is here
-                    grad_z.index_put_((inside, targets[inside] - start), scale[inside], accumulate=True)
+                    column = targets - start  # (n,) the target's column in this block, if it is here
+                    inside = (column >= 0) & (column < c)
+                    grad_z.scatter_add_(-1, column.clamp(0, c - 1)[:, None], torch.where(inside, scale, 0.0)[:, None])
                 grad_z_c = grad_z if low_block is None else low_block[: n * c].view(n, c).copy_(grad_z)  # matmul dtype
                 if need_hidden:
                     _add_product(grad_hidden, grad_z_c, weight_c[part])  # (n, d) += (n, c) @ (c, d)

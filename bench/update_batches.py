@@ -54,7 +54,7 @@ def update(signal_model, rollout, batches, advantages, temperature) -> int:
     return cells
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(MAIN_JOB))
     parser.add_argument("--rollouts", type=int, default=3, help="rollouts sampled (the update runs over each)")
@@ -99,8 +99,8 @@ def main(argv=None) -> int:
         rows.append([name, f"{cells[name]:,}", f"{tokens / cells[name]:.2f}", f"{statistics.median(seconds[name]):.2f} s",
                      f"{ratio:.2f}x"])
     print(table(["micro-batches", "token cells computed", "real tokens / cells", "update time (median)", "time vs row order"], rows))
-    return 0
+    return {"tokens": tokens, "cells": cells, "seconds": seconds}
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,0 +1,55 @@
+"""Micro-batches grouped by length: the same step gradient as row order, fewer token cells (bench/update_batches.py)."""
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from rlif.grpo import policy_loss
+from rlif.models import load_model
+from rlif.rollout import generate_rollout
+from rlif.scoring import SignalModel, length_batches, trim_padding
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def step_gradient(signal_model, rollout, batches, advantages):
+    """The update's accumulated gradient over `batches` of rows, as train.py accumulates it."""
+    signal_model.zero_grad(set_to_none=True)
+    total_tokens = rollout.response_mask.sum().item()
+    for rows in batches:
+        mb = trim_padding(*rollout.select(rows).values())
+        logprobs = signal_model(*mb, temperature=0.9, logprobs_only=True).logprobs
+        policy_loss(logprobs, logprobs.detach(), advantages[rows], mb[3], clip_eps=0.2, kl_coef=0.0, ref_logprobs=None,
+                    total_tokens=total_tokens).loss.backward()
+    return {name: p.grad.clone() for name, p in signal_model.named_parameters()}
+
+
+def test_grouping_by_length_leaves_the_step_gradient_as_it_was(tiny_model_dir, tokenizer):
+    model = load_model(str(tiny_model_dir))
+    with torch.no_grad():
+        model.lm_head.weight[tokenizer.eos_token_id] += 2.0  # responses end at different lengths
+    prompts = ["<|user|>1+2=\n<|assistant|>", "<|user|>12+30=\n<|assistant|>", "<|user|>7=\n<|assistant|>"]
+    rollout = generate_rollout(model, tokenizer, prompts, prompts, group_size=4, temperature=0.9, top_p=1.0,
+                               max_new_tokens=10, batch_size=12, seed=1, eos_ids=[tokenizer.eos_token_id])
+    assert len(set(rollout.response_mask.sum(1).tolist())) > 2
+    advantages = torch.randn(12, generator=torch.Generator().manual_seed(0))
+    signal_model = SignalModel(model)
+    by_length = length_batches(rollout.prompt_mask, rollout.response_mask, 5)
+    in_order = list(torch.arange(12).split(5))
+    assert sorted(torch.cat(by_length).tolist()) == list(range(12))
+    assert [b.tolist() for b in by_length] != [b.tolist() for b in in_order]
+    expected = step_gradient(signal_model, rollout, in_order, advantages)
+    got = step_gradient(signal_model, rollout, by_length, advantages)
+    for name in expected:
+        # float32 sums in another order: equal to ~1e-5 of the largest entry (about 1 here)
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=2e-5, msg=name)
+
+
+def test_update_batches_bench_runs_and_computes_fewer_cells_by_length():
+    spec = importlib.util.spec_from_file_location("bench_update_batches", REPO / "bench" / "update_batches.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--rollouts", "1", "--rounds", "1"])  # the main job's model and its first rollout
+    assert result["tokens"] <= result["cells"]["by length"] < result["cells"]["row order"]
+    assert all(len(times) == 1 and times[0] > 0 for times in result["seconds"].values())

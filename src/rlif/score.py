@@ -65,8 +65,8 @@ def score_texts(
     results = []
     for row in range(len(prompts)):
         num_tokens = int(mask[row].sum())
-        results.append({name: float(v[row]) if num_tokens else None for name, v in values.items()})
-        results[row]["num_tokens"] = num_tokens
+        record = {name: float(v[row]) if num_tokens else None for name, v in values.items()}
+        results.append({**record, "num_tokens": num_tokens})
     return results
 
 

@@ -301,7 +301,8 @@ def train(config: Config) -> Path:
         signal_model.train()
         total_tokens = accelerator.reduce(rollout.response_mask.sum().to(accelerator.device), "sum").item()
         sums = torch.zeros(4)  # policy loss, kl, clipped tokens, tokens
-        # rows of similar length together (the loss is a token mean over the whole step, so grouping changes nothing)
+        # rows of similar length together; the loss is a token mean over the whole step, so the grouping changes the
+        # gradient only by the order of float additions
         micro_batches = length_batches(rollout.prompt_mask, rollout.response_mask, cfg_train.micro_batch_size)
         for i, rows in enumerate(micro_batches):
             mb = trim_padding(*rollout.select(rows).values())

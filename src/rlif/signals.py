@@ -325,7 +325,9 @@ def hidden_signals(
     Peak extra memory is two (chunk_size, V) float32 blocks whatever N is (one with `logprobs_only` on GPU,
     which returns None for self-certainty and entropy and skips their passes; plus, for bf16/fp16
     matmuls, the chunk's logits in that dtype). The log-prob is differentiable with respect to `hidden`,
-    `weight` and `bias`.
+    `weight` and `bias`; the backward's blocks (all N rows x some vocabulary columns) hold as many elements.
+    With `logprobs_only` and a frozen head (weight and bias without grad, as under LoRA) the forward also
+    saves d logp / d hidden, (N, d) float32, and keeps neither `hidden` nor `weight` for the backward.
 
     backend: "torch" (the reference, any device), "triton" (rlif.triton_signals: one pass per row over the
     matmul's own output, no float32 block; CUDA, or CPU under TRITON_INTERPRET=1 for tests) or "auto"

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from rlif.config import DECODE_MODES
+
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 from common import SYSTEM_PROMPT, PROMPTS_FILE, build_model, current_rss_bytes, device_name, gib, load_tokenizer, peak_rss_bytes, reset_peak_rss, table, versions  # noqa: E402
@@ -171,7 +173,7 @@ def parse_runs(text: str) -> list[str]:
     runs = text.split(",")
     for run in runs:
         name, _, decode = run.partition("@")
-        if name not in RUNS or (decode and (name.startswith("trl") or decode not in ("dynamic", "static", "compiled"))):
+        if name not in RUNS or (decode and (name.startswith("trl") or decode not in DECODE_MODES)):
             raise ValueError(f"--runs: unknown run {run!r}: expected {', '.join(RUNS)}, an rlif run may end in @static or @compiled")
     return runs
 

@@ -40,7 +40,9 @@ def row_order(prompt_mask, response_mask, batch_size):
 
 
 def update(signal_model, rollout, batches, advantages, temperature) -> int:
-    """Forward + backward over `batches` of the rollout's rows as training runs them; returns the cells computed."""
+    """Forward + backward over `batches` of the rollout's rows as training runs them, from zero gradients: the
+    step's gradient is left in the parameters. Returns the token cells computed."""
+    signal_model.zero_grad(set_to_none=True)
     total_tokens = rollout.response_mask.sum().item()
     cells = 0
     for rows in batches:
@@ -50,7 +52,6 @@ def update(signal_model, rollout, batches, advantages, temperature) -> int:
         terms = policy_loss(signals.logprobs, signals.logprobs.detach(), advantages[rows], mb[3], clip_eps=0.2,
                             kl_coef=0.0, ref_logprobs=None, total_tokens=total_tokens)
         terms.loss.backward()
-    signal_model.zero_grad(set_to_none=True)
     return cells
 
 

@@ -5,23 +5,23 @@ from pathlib import Path
 
 import torch
 
-from rlif.grpo import policy_loss
 from rlif.models import load_model
 from rlif.rollout import generate_rollout
-from rlif.scoring import SignalModel, length_batches, trim_padding
+from rlif.scoring import SignalModel, length_batches
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_update_batches", REPO / "bench" / "update_batches.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
 def step_gradient(signal_model, rollout, batches, advantages):
-    """The update's accumulated gradient over `batches` of rows, as train.py accumulates it."""
-    signal_model.zero_grad(set_to_none=True)
-    total_tokens = rollout.response_mask.sum().item()
-    for rows in batches:
-        mb = trim_padding(*rollout.select(rows).values())
-        logprobs = signal_model(*mb, temperature=0.9, logprobs_only=True).logprobs
-        policy_loss(logprobs, logprobs.detach(), advantages[rows], mb[3], clip_eps=0.2, kl_coef=0.0, ref_logprobs=None,
-                    total_tokens=total_tokens).loss.backward()
+    """The update's accumulated gradient over `batches` of rows (bench/update_batches.py's copy of train.py's micro-batch loop)."""
+    load_bench().update(signal_model, rollout, batches, advantages, temperature=0.9)
     return {name: p.grad.clone() for name, p in signal_model.named_parameters()}
 
 
@@ -47,9 +47,6 @@ def test_grouping_by_length_leaves_the_step_gradient_as_it_was(tiny_model_dir, t
 
 
 def test_update_batches_bench_runs_and_computes_fewer_cells_by_length():
-    spec = importlib.util.spec_from_file_location("bench_update_batches", REPO / "bench" / "update_batches.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    result = bench.main(["--rollouts", "1", "--rounds", "1"])  # the main job's model and its first rollout
+    result = load_bench().main(["--rollouts", "1", "--rounds", "1"])  # the main job's model and its first rollout
     assert result["tokens"] <= result["cells"]["by length"] < result["cells"]["row order"]
     assert all(len(times) == 1 and times[0] > 0 for times in result["seconds"].values())

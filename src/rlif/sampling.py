@@ -388,6 +388,8 @@ class _StaticDecoder:
         lengths = torch.zeros(self.num_rows, dtype=torch.long, device=device)
         running = torch.ones(self.num_rows, dtype=torch.bool, device=device)  # no EOS drawn yet
         logits = rows.logits
+        # compiled once and kept on the model by transformers; looked up once per batch, not per step
+        forward = model.get_compiled_call(None) if self.compiled else model
         for t in range(max_new_tokens):
             tokens, signals = pick(logits, rows.streams, t, host_check=False)
             tokens_out[:, t] = tokens
@@ -397,9 +399,7 @@ class _StaticDecoder:
             running &= ~torch.isin(tokens, eos)
             if t == max_new_tokens - 1 or ((t + 1) % FINISH_CHECK_EVERY == 0 and not bool(running.any())):
                 break
-            forward = model
             if self.compiled:
-                forward = model.get_compiled_call(None)  # compiled once, kept on the model by transformers
                 torch.compiler.cudagraph_mark_step_begin()  # this step's outputs replace the last step's
             out = forward(
                 input_ids=tokens[:, None],

@@ -198,8 +198,8 @@ class _ChunkedSignals(torch.autograd.Function):
                 if not logprobs_only:
                     self_certainty[rows], entropy[rows] = block.self_certainty, block.entropy
                 if hidden_grad_only:
-                    ones = torch.ones(c, dtype=out_dtype, device=hidden.device)
-                    if use_triton:  # z still holds the logits
+                    if use_triton:  # z still holds the logits; g = 1 for every row
+                        ones = torch.ones(c, dtype=out_dtype, device=hidden.device)
                         grad_z = triton_signals.backward_in_place(z, targets[rows], temperature, block.row_max, block.log_norm_t, ones)
                     else:  # block_signals(logprobs_only) left exp((z - max) / T) in z
                         grad_z = _logprob_grad_from_weights_(z, targets[rows], temperature, block.log_norm_t)

@@ -4,20 +4,21 @@
 # transformers 5.17, accelerate 1.15, no internet).
 #
 # Before the call, where PyPI is reachable:   bash bench/fetch_wheels.sh        (TRL 1.16.0, math-verify + deps into .whl/)
-# The stages take more than one 10-minute device call together (about 13 minutes on an H200, 2026-11-26, before the
-# compiled decode and its compile times were added), and a lease is 15 minutes including the machine's start, so run
-# them as calls on the warm machine in this order of importance (device tool, carry [".whl"], timeout_s 600):
-#     bash bench/gpu_check.sh tests signals rollout     # at most 530 s: correctness, then the signals and rollout targets
-#     bash bench/gpu_check.sh step                      # at most 330 s: the step vs TRL
-#     bash bench/gpu_check.sh train                     # at most 200 s: 1.5B steps and the micro-batch probe (if time is left)
+# The stages take more than one 10-minute device call together, and a lease is 15 minutes including the machine's
+# start (about 1.5 minutes), so run them as calls on the warm machine, issued at once one after the other (the machine
+# goes back after 30 s idle), in this order of importance (device tool, carry [".whl"]):
+#     bash bench/gpu_check.sh signals step profile     # timeout_s 600; about 530 s on an H100 (2026-11-26: 120 + 255 + ~150)
+#     bash bench/gpu_check.sh tests rollout            # with what is left; tests took 141 s on an H100
+#     bash bench/gpu_check.sh train                    # at most 200 s: 1.5B steps and the micro-batch probe
 # No argument runs every stage. Results: printed, and written under $OUT (or bench/out): device.txt, tests.txt,
-# signals.txt/json, rollout.txt, step.txt/json, train.txt/json. Each stage has its own time limit, so one stage that
-# hangs does not cost the others.
+# signals.txt/json, rollout.txt, step.txt/json, profile.txt, train.txt/json. Each stage has its own time limit, so one
+# stage that hangs does not cost the others; a stage killed at its limit loses its table (2026-11-26: signals with 13
+# variants ran past 150 s on an H100), so keep the lists short.
 set -uo pipefail
-STAGES=" ${*:-tests signals train rollout step} "
+STAGES=" ${*:-tests signals step profile rollout train} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 for name in $STAGES; do
-  case $name in tests|signals|train|rollout|step) ;; *) echo "unknown stage '$name': expected tests, signals, train, rollout, step" >&2; exit 2;; esac
+  case $name in tests|signals|train|rollout|step|profile) ;; *) echo "unknown stage '$name': expected tests, signals, train, rollout, step, profile" >&2; exit 2;; esac
 done
 
 cd "$(dirname "$0")/.."
@@ -44,14 +45,13 @@ stage() {  # name, limit (s), command...
 
 # tests: the GPU paths (Triton kernels compiled, not interpreted, the compiled decode) against the references.
 #   41 s on an H200 before the compiled-decode test was added.
-want tests && stage tests 180 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_triton_signals.py tests/test_signals.py tests/test_sampling.py
-# signals: the issue's shape, 16,384 tokens, Qwen2.5-1.5B head (d 1536, V 151,936), bf16; Triton (fused) and the
-#   PyTorch path (fused-torch), two chunk sizes. 90 s.
-#   fused@2048#4096x8 and fused@2048#1024x4: other launch shapes of the Triton forward kernel (lanes x warps).
-#   fused+bwd@2048: the backward at train.chunk_tokens' default (vocabulary blocks 4x wider than at 512).
-#   naive+hbwd, fused+hbwd: the head frozen (LoRA); rlif's forward prepares the hidden-state gradient.
-want signals && stage signals 150 python3 bench/signals.py --preset issue --rounds 1 --repeats 5 --json "$OUT/signals.json" \
-  --variants matmul,naive,fused,fused@2048,fused@2048#4096x8,fused@2048#1024x4,fused-torch,naive+bwd,fused+bwd,fused+bwd@2048,fused-torch+bwd,naive+hbwd,fused+hbwd
+want tests && stage tests 180 python3 -m pytest -p no:cacheprovider tests/test_gpu.py tests/test_triton_signals.py tests/test_signals.py tests/test_sampling.py
+# signals: the issue's shape, 16,384 tokens, Qwen2.5-1.5B head (d 1536, V 151,936), bf16; Triton (fused), two chunk
+#   sizes, the forward kernel's launch shape before 2026-11-26 (fused@2048#2048x4; the default is FORWARD_LAUNCH);
+#   the backward with the head trained (+bwd; @2048: train.chunk_tokens' default) and frozen (+hbwd: LoRA, rlif's
+#   forward prepares the hidden-state gradient). 8 variants took 118 s on an H100.
+want signals && stage signals 200 python3 bench/signals.py --preset issue --rounds 1 --repeats 3 --json "$OUT/signals.json" \
+  --variants matmul,naive,fused,fused@2048,fused@2048#2048x4,naive+bwd,fused+bwd@2048,naive+hbwd,fused+hbwd
 # train: the largest update micro-batch, then real INTUITOR steps (train() itself) on Qwen2.5-1.5B, bf16 autocast,
 #   1,024-token responses. About 190 s (the first step warms up: 83 s, the second 41 s).
 want train && stage train 200 python3 bench/gpu_check.py --prompts 8 --steps 2 --time-budget 90 --output "$OUT/train.json"
@@ -65,4 +65,7 @@ RLIF_RUNS=rlif-length@compiled,rlif@compiled
 if [ "$HAVE_TRL" = 1 ]; then DEFAULT_RUNS=trl,$RLIF_RUNS; else DEFAULT_RUNS=$RLIF_RUNS; echo "trl not importable: TRL runs skipped"; fi
 RUNS=${RUNS:-$DEFAULT_RUNS}
 want step && stage step 300 python3 bench/step.py --gpu-shape --rounds 1 --steps 2 --runs "$RUNS" --json "$OUT/step.json"
+# profile: where the update's time goes (5.6 of 9.8 s per step on an H100): micro-batch sizes, checkpointing, bf16
+#   weights, foreach vs fused AdamW, GPU busy share and top kernels of one update under torch.profiler. About 150 s.
+want profile && stage profile 200 python3 bench/profile_update.py --gpu-shape --repeats 2
 exit 0

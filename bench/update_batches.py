@@ -18,6 +18,7 @@ import argparse
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -39,18 +40,21 @@ def row_order(prompt_mask, response_mask, batch_size):
     return list(torch.arange(response_mask.shape[0]).split(batch_size))
 
 
-def update(signal_model, rollout, batches, advantages, temperature) -> int:
+def update(signal_model, rollout, batches, advantages, temperature, autocast=nullcontext) -> int:
     """Forward + backward over `batches` of the rollout's rows as training runs them, from zero gradients: the
-    step's gradient is left in the parameters. Returns the token cells computed."""
+    step's gradient is left in the parameters. `autocast()` wraps each forward (training's mixed precision). Returns
+    the token cells computed."""
     signal_model.zero_grad(set_to_none=True)
+    device = next(signal_model.parameters()).device
     total_tokens = rollout.response_mask.sum().item()
     cells = 0
     for rows in batches:
-        mb = trim_padding(*rollout.select(rows).values())
+        mb = [t.to(device) for t in trim_padding(*rollout.select(rows).values())]
         cells += mb[0].shape[0] * (mb[0].shape[1] + mb[2].shape[1])
-        signals = signal_model(*mb, temperature=temperature, logprobs_only=True)
-        terms = policy_loss(signals.logprobs, signals.logprobs.detach(), advantages[rows], mb[3], clip_eps=0.2,
-                            kl_coef=0.0, ref_logprobs=None, total_tokens=total_tokens)
+        with autocast():
+            signals = signal_model(*mb, temperature=temperature, logprobs_only=True)
+            terms = policy_loss(signals.logprobs, signals.logprobs.detach(), advantages[rows].to(device), mb[3], clip_eps=0.2,
+                                kl_coef=0.0, ref_logprobs=None, total_tokens=total_tokens)
         terms.loss.backward()
     return cells
 

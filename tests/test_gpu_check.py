@@ -45,7 +45,7 @@ def test_the_gpu_script_asks_the_benchmarks_for_what_they_know():
 
     script = (REPO / "bench" / "gpu_check.sh").read_text()
     (variants,) = re.findall(r"--variants (\S+)", script)
-    assert "fused@2048#4096x8" in load_bench("signals").parse_variants(variants)
+    assert "fused@2048#2048x4" in load_bench("signals").parse_variants(variants)
     (rlif_runs,) = re.findall(r"^RLIF_RUNS=(\S+)$", script, flags=re.MULTILINE)
     step = load_bench("step")
     assert step.parse_runs("trl," + rlif_runs) == ["trl", "rlif-length@compiled", "rlif@compiled"]

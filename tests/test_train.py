@@ -13,6 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+import rlif.train
 from rlif.checkpoint import latest_checkpoint
 from rlif.cli import main
 from rlif.config import load_config
@@ -155,6 +156,21 @@ def test_nan_reward_stops_with_a_clear_message(tmp_path, tiny_model_dir, additio
     assert "step_000002" in message
     run = tmp_path / "run"
     assert latest_checkpoint(run)[0] == 2 and len(read_jsonl(run / "metrics.jsonl")) == 2
+
+
+def test_nan_loss_stops_before_the_update_with_a_clear_message(tmp_path, tiny_model_dir, addition_data, monkeypatch):
+    real_advantages, calls = rlif.train.group_advantages, {"n": 0}
+
+    def nan_at_third_step(*args, **kwargs):  # finite rewards, a loss that is not
+        calls["n"] += 1
+        values = real_advantages(*args, **kwargs)
+        return values * float("nan") if calls["n"] == 3 else values
+
+    monkeypatch.setattr(rlif.train, "group_advantages", nan_at_third_step)
+    with pytest.raises(TrainingDiverged) as error:
+        train(load_config(tiny_config(tmp_path, tiny_model_dir, addition_data)))
+    assert "step 3: the loss is nan; training stopped before applying this update" in str(error.value)
+    assert latest_checkpoint(tmp_path / "run")[0] == 2 and len(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == 2
 
 
 def test_bad_config_and_bad_data_fail_before_any_work(tmp_path, tiny_model_dir, addition_data, capsys):

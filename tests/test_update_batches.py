@@ -50,3 +50,15 @@ def test_update_batches_bench_runs_and_computes_fewer_cells_by_length():
     result = load_bench().main(["--rollouts", "1", "--rounds", "1"])  # the main job's model and its first rollout
     assert result["tokens"] <= result["cells"]["by length"] < result["cells"]["row order"]
     assert all(len(times) == 1 and times[0] > 0 for times in result["seconds"].values())
+
+
+def test_profile_update_bench_runs_each_variant_on_left_padded_rows():
+    spec = importlib.util.spec_from_file_location("bench_profile_update", REPO / "bench" / "profile_update.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rollout = bench.synthetic_rollout(rows=6, prompt=10, tokens=4, vocab=50)
+    lengths = rollout.prompt_mask.sum(1)
+    assert ((6 <= lengths) & (lengths <= 14)).all() and rollout.prompt_mask[:, -1].all()  # left-padded, 0.6x..1.4x
+    assert (rollout.prompt_ids[rollout.prompt_mask == 0] == 0).all() and rollout.response_mask.all()
+    result = bench.main(["--rows", "4", "--prompt", "6", "--tokens", "3", "--variants", "base,mb16", "--repeats", "1"])
+    assert set(result["seconds"]) == {"base", "mb16"} and all(t[0] > 0 for t in result["seconds"].values())

@@ -73,7 +73,8 @@ class SignalModel(nn.Module):
         attention_mask = torch.cat([prompt_mask, response_mask], dim=1)  # (B, P+T)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P+T), as `generate` numbers them
         decoder = self.model.get_decoder()
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+        # use_cache=False: nothing reads this pass's keys and values again (the config's default would keep them all)
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).last_hidden_state
         num_prompt = prompt_ids.shape[1]
         hidden = hidden[:, num_prompt - 1 : -1]  # (B, T, d): column P-1+t predicts response token t
         rows = response_mask.bool()  # (B, T)

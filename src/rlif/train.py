@@ -208,8 +208,11 @@ def train(config: Config) -> Path:
     needs_reference = cfg_train.kl_coef > 0 or getattr(reward, "needs_reference", False)
     reference = build_reference(config, accelerator, policy, load_model, needed=needs_reference)  # None if not needed
     signal_model = SignalModel(policy, cfg_train.chunk_tokens)
+    # fused on CUDA: one kernel, and no parameter-sized temporary as the foreach AdamW makes (its sqrt of the second
+    # moments); CPU runs keep the foreach one, whose trajectories the README's testbed figures come from
     optimizer = torch.optim.AdamW(
-        [p for p in policy.parameters() if p.requires_grad], lr=cfg_train.lr, betas=tuple(cfg_train.adam_betas), weight_decay=cfg_train.weight_decay
+        [p for p in policy.parameters() if p.requires_grad], lr=cfg_train.lr, betas=tuple(cfg_train.adam_betas),
+        weight_decay=cfg_train.weight_decay, fused=accelerator.device.type == "cuda",
     )
     from accelerate.utils import gather_object
     from transformers import get_scheduler
@@ -300,7 +303,7 @@ def train(config: Config) -> Path:
         # ---- 5. update: PPO-clip + beta * KL, token mean over the whole step -------------------
         signal_model.train()
         total_tokens = accelerator.reduce(rollout.response_mask.sum().to(accelerator.device), "sum").item()
-        sums = torch.zeros(4)  # policy loss, kl, clipped tokens, tokens
+        sums = torch.zeros(5, device=accelerator.device)  # loss, policy loss, kl, clipped tokens, tokens; read after the loop
         # rows of similar length together; the loss is a token mean over the whole step, so the grouping changes the
         # gradient only by the order of float additions
         micro_batches = length_batches(rollout.prompt_mask, rollout.response_mask, cfg_train.micro_batch_size)
@@ -319,11 +322,11 @@ def train(config: Config) -> Path:
                     ref_logprobs=None if reference is None else rollout.ref_logprobs[rows, :width].to(accelerator.device),
                     total_tokens=total_tokens,
                 )
-                if not torch.isfinite(terms.loss):
-                    raise TrainingDiverged(_diverged(step, f"the loss is {terms.loss.item()}", run_dir))
                 # DDP/FSDP/DeepSpeed average gradients over processes; the loss is already a global token mean
                 accelerator.backward(terms.loss * loss_scale(accelerator))
-            sums += torch.stack([terms.policy_loss, terms.kl, terms.clipped, terms.num_tokens]).detach().float().cpu()
+            sums += torch.stack([terms.loss, terms.policy_loss, terms.kl, terms.clipped, terms.num_tokens]).detach().float()
+        if not torch.isfinite(sums[0]):  # one host sync per step, not per micro-batch; still before the weights change
+            raise TrainingDiverged(_diverged(step, f"the loss is {sums[0].item()}", run_dir))
         grad_norm = accelerator.clip_grad_norm_(signal_model.parameters(), cfg_train.max_grad_norm)
         if not torch.isfinite(torch.as_tensor(grad_norm)):
             raise TrainingDiverged(_diverged(step, f"the gradient norm is {float(grad_norm)}", run_dir))
@@ -334,7 +337,7 @@ def train(config: Config) -> Path:
         step_end = time.perf_counter()
 
         # ---- 6. metrics, samples, checkpoint ----------------------------------------------------
-        sums = accelerator.reduce(sums.to(accelerator.device), "sum").cpu()
+        sums = accelerator.reduce(sums[1:], "sum").cpu()  # policy loss, kl, clipped tokens, tokens
         metrics = rollout_metrics(accelerator, rollout, rewards, has_labels)
         num_completion_tokens = metrics.pop("rollout/tokens")
         metrics.update(

@@ -1,0 +1,204 @@
+"""Where the update's time goes: the step's forward + backward over its micro-batches and the optimizer step.
+
+    python bench/profile_update.py                 # CPU: tiny decoder with the real vocabulary, 16 rows x (40 + 32) tokens
+    python bench/profile_update.py --gpu-shape     # random-init Qwen2.5-0.5B, 128 rows x (about 100 + 256) tokens, bf16 autocast
+
+The GPU shape is bench/step.py's (16 prompts x G = 8 x 256 tokens, micro-batch 8, float32 weights, bf16 autocast,
+gradient checkpointing), where the update took 5.6 of the step's 9.8 s on an H100 (bench/results/h100-2026-11-26).
+The rows are random tokens (a random-init model never samples EOS, so every response has the full length there too),
+prompts left-padded to lengths drawn between 0.6x and 1.4x --prompt, the loss the training loss with random
+advantages. Variants, each timed alone (median over --repeats after one warm-up):
+
+  base             the bench/step.py shape
+  mb16, mb32       larger micro-batches (fewer launches per token)
+  no-ckpt          gradient checkpointing off
+  bf16-weights     bfloat16 weights, no autocast (no per-forward weight casts, no float32 gradient accumulation)
+
+Then the optimizer step alone (clip + AdamW), foreach vs fused, time and peak memory above the held state; and, on
+a GPU, a torch.profiler trace of one base update: the summed time of the CUDA kernels against the update's wall time
+(GPU busy: near 100% means kernel-bound, low means the host launching kernels is the limit) and the top kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import build_model, device_name, gib, table, versions  # noqa: E402
+from update_batches import update  # noqa: E402
+
+from rlif.models import enable_activation_checkpointing  # noqa: E402
+from rlif.rollout import Rollout  # noqa: E402
+from rlif.scoring import SignalModel, length_batches  # noqa: E402
+
+VARIANTS = ["base", "mb16", "mb32", "no-ckpt", "bf16-weights"]
+
+
+def synthetic_rollout(rows: int, prompt: int, tokens: int, vocab: int, seed: int = 0) -> Rollout:
+    """`rows` full-length responses after left-padded prompts of 0.6x..1.4x `prompt` tokens."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(int(0.6 * prompt), int(1.4 * prompt) + 1, (rows,), generator=gen)
+    width = int(lengths.max())
+    prompt_mask = (torch.arange(width)[None, :] >= width - lengths[:, None]).long()  # (rows, P) left-padded
+    prompt_ids = torch.randint(0, vocab, (rows, width), generator=gen) * prompt_mask
+    response_ids = torch.randint(0, vocab, (rows, tokens), generator=gen)
+    return Rollout(prompt_ids, prompt_mask, response_ids, torch.ones_like(response_ids), torch.arange(rows), 1,
+                   [""] * rows, [""] * rows, torch.ones(rows, dtype=torch.bool))
+
+
+def setting(variant: str, micro_batch: int) -> dict:
+    return {"micro_batch": {"mb16": 16, "mb32": 32}.get(variant, micro_batch), "checkpointing": variant != "no-ckpt",
+            "dtype": torch.bfloat16 if variant == "bf16-weights" else torch.float32}
+
+
+def build(args, dtype: torch.dtype, checkpointing: bool, device: torch.device) -> SignalModel:
+    model = build_model(args.model, dtype=dtype).to(device)
+    if checkpointing:
+        enable_activation_checkpointing(model)  # as training enables it
+    return SignalModel(model, chunk_size=2048).train()
+
+
+def run_update(signal_model, rollout, micro_batch: int, advantages, autocast: bool):
+    batches = length_batches(rollout.prompt_mask, rollout.response_mask, micro_batch)
+    device = next(signal_model.parameters()).device
+    context = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if autocast else nullcontext
+    update(signal_model, rollout, batches, advantages, temperature=0.9, autocast=context)
+
+
+def seconds(fn, repeats: int, device: torch.device) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def peak_memory(device: torch.device) -> str:
+    return gib(torch.cuda.max_memory_allocated()) if device.type == "cuda" else "n/a"
+
+
+def profile_kernels(fn, top: int) -> tuple[float, float, list[list[str]]]:
+    """(wall s, summed CUDA kernel s, rows of the top kernels) of one call of `fn` under torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
+    busy = sum(e.self_device_time_total for e in kernels) / 1e6
+    kernels.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    rows = [[e.key[:70], str(e.count), f"{e.self_device_time_total / 1e3:.1f} ms", f"{e.self_device_time_total / 1e6 / wall:.1%}"]
+            for e in kernels[:top]]
+    return wall, busy, rows
+
+
+def optimizer_steps(signal_model, device: torch.device, repeats: int) -> list[list[str]]:
+    """Clip + AdamW step over gradients of the parameters' shapes: foreach vs fused (CUDA), time and peak memory."""
+    params = [p for p in signal_model.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    rows = []
+    for fused in ([False, True] if device.type == "cuda" else [False]):
+        optimizer = torch.optim.AdamW(params, lr=1e-6, fused=fused)
+
+        def step():
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+
+        step()  # the state exists from here on, as in training after step 1
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        held = torch.cuda.memory_allocated() if device.type == "cuda" else 0
+        times = seconds(step, repeats, device)
+        extra = gib(torch.cuda.max_memory_allocated() - held) if device.type == "cuda" else "n/a"
+        rows.append(["fused" if fused else "foreach", f"{statistics.median(times) * 1e3:.1f} ms", extra])
+        del optimizer
+    for p in params:
+        p.grad = None
+    return rows
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu-shape", action="store_true")
+    parser.add_argument("--model", default=None, help="cpu-tiny | qwen2.5-0.5b | qwen2.5-1.5b")
+    parser.add_argument("--rows", type=int)
+    parser.add_argument("--prompt", type=int, help="mean prompt tokens")
+    parser.add_argument("--tokens", type=int, help="response tokens")
+    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--top", type=int, default=15, help="kernels listed from the profile (GPU)")
+    args = parser.parse_args(argv)
+    defaults = dict(model="qwen2.5-0.5b", rows=128, prompt=100, tokens=256) if args.gpu_shape else dict(model="cpu-tiny", rows=16, prompt=40, tokens=32)
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {', '.join(unknown)}: expected some of {', '.join(VARIANTS)}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    autocast = device.type == "cuda"
+    rollout = None
+    results, rows = {}, []
+    for variant in variants:
+        chosen = setting(variant, args.micro_batch)
+        signal_model = build(args, chosen["dtype"], chosen["checkpointing"], device)
+        if rollout is None:
+            rollout = synthetic_rollout(args.rows, args.prompt, args.tokens, signal_model.model.config.vocab_size)
+            advantages = torch.randn(args.rows, generator=torch.Generator().manual_seed(1))
+            tokens = int(rollout.prompt_mask.sum() + rollout.response_mask.sum())
+
+        def call():
+            run_update(signal_model, rollout, chosen["micro_batch"], advantages, autocast and chosen["dtype"] == torch.float32)
+
+        call()  # warm-up: kernels compiled, allocator grown
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        times = seconds(call, args.repeats, device)
+        results[variant] = times
+        rows.append([variant, str(chosen["micro_batch"]), "on" if chosen["checkpointing"] else "off", str(chosen["dtype"]).removeprefix("torch."),
+                     f"{statistics.median(times):.2f} s", f"{tokens / statistics.median(times):,.0f}", peak_memory(device)])
+        if variant == "base":
+            optimizer_rows = optimizer_steps(signal_model, device, args.repeats)
+            profiled = profile_kernels(call, args.top) if device.type == "cuda" else None
+        del signal_model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    print(f"\nupdate: {args.model}, {args.rows} rows x (about {args.prompt} prompt + {args.tokens} response) tokens, "
+          f"{'bf16 autocast' if autocast else 'no autocast'}, {args.repeats} timed updates per variant")
+    print(f"device: {device_name()}; {versions()}")
+    base = statistics.median(results[variants[0]])
+    for row, variant in zip(rows, variants):
+        row.append(f"{statistics.median(results[variant]) / base:.2f}x")
+    print(table(["variant", "micro-batch", "checkpointing", "weights", "update (median)", "tokens/s", "peak memory",
+                 f"time vs {variants[0]}"], rows))
+    if "base" in variants:
+        print("\noptimizer step (clip + AdamW) over the base model's parameters:")
+        print(table(["AdamW", "time (median)", "peak memory above the held state"], optimizer_rows))
+        if profiled is not None:
+            wall, busy, kernel_rows = profiled
+            print(f"\nbase update under torch.profiler: wall {wall:.2f} s, CUDA kernels {busy:.2f} s (GPU busy {busy / wall:.0%})")
+            print(table(["kernel", "calls", "time", "share of wall"], kernel_rows))
+    return {"seconds": results}
+
+
+if __name__ == "__main__":
+    main()

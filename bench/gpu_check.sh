@@ -7,13 +7,14 @@
 # The stages take more than one 10-minute device call together, and a lease is 15 minutes including the machine's
 # start (about 1.5 minutes), so run them as calls on the warm machine, issued at once one after the other (the machine
 # goes back after 30 s idle), in this order of importance (device tool, carry [".whl"]):
-#     bash bench/gpu_check.sh signals step profile     # timeout_s 600; about 530 s on an H100 (2026-11-26: 120 + 255 + ~150)
-#     bash bench/gpu_check.sh tests rollout            # with what is left; tests took 141 s on an H100
-#     bash bench/gpu_check.sh train                    # at most 200 s: 1.5B steps and the micro-batch probe
+#     bash bench/gpu_check.sh profile step      # timeout_s 600; about 200 + 4 x ~85 s, not yet run together
+#     bash bench/gpu_check.sh rollout           # with what is left (about 150-200 s)
+#     bash bench/gpu_check.sh tests signals     # when the GPU code changed: tests 141 s, signals 118 s on an H100
+#     bash bench/gpu_check.sh train             # at most 200 s: 1.5B steps and the micro-batch probe
 # No argument runs every stage. Results: printed, and written under $OUT (or bench/out): device.txt, tests.txt,
 # signals.txt/json, rollout.txt, step.txt/json, profile.txt, train.txt/json. Each stage has its own time limit, so one
 # stage that hangs does not cost the others; a stage killed at its limit loses its table (2026-11-26: signals with 13
-# variants ran past 150 s on an H100), so keep the lists short.
+# variants ran past 150 s on an H100), so keep the lists short. Stages run in this file's order.
 set -uo pipefail
 STAGES=" ${*:-tests signals step profile rollout train} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
@@ -59,13 +60,15 @@ want train && stage train 200 python3 bench/gpu_check.py --prompts 8 --steps 2 -
 #   dynamic, static and compiled decode (both static-cache variants compile in their warm-up).
 want rollout && stage rollout 200 python3 bench/rollout.py --gpu-shape --rounds 1 --static
 # step: one training step vs TRL's GRPOTrainer at the same shape (TRL runs need the carried wheels). About 60 s a run.
-#   rlif runs with the compiled decode (rollout.decode: compiled; step 1, not timed, compiles).
+#   rlif runs with the compiled decode (rollout.decode: compiled; step 1, not timed, compiles), the last one also with
+#   the update's layers compiled (model.compile_layers).
 #   TRL's self-certainty-by-extra-forward run (trl+sc) was measured in the first lease; add it with RUNS=... to repeat.
-RLIF_RUNS=rlif-length@compiled,rlif@compiled
+RLIF_RUNS=rlif-length@compiled,rlif@compiled,rlif@compiled+layers
 if [ "$HAVE_TRL" = 1 ]; then DEFAULT_RUNS=trl,$RLIF_RUNS; else DEFAULT_RUNS=$RLIF_RUNS; echo "trl not importable: TRL runs skipped"; fi
 RUNS=${RUNS:-$DEFAULT_RUNS}
-want step && stage step 300 python3 bench/step.py --gpu-shape --rounds 1 --steps 2 --runs "$RUNS" --json "$OUT/step.json"
+want step && stage step 400 python3 bench/step.py --gpu-shape --rounds 1 --steps 2 --runs "$RUNS" --json "$OUT/step.json"
 # profile: where the update's time goes (5.6 of 9.8 s per step on an H100): micro-batch sizes, checkpointing, bf16
-#   weights, foreach vs fused AdamW, GPU busy share and top kernels of one update under torch.profiler. About 150 s.
-want profile && stage profile 200 python3 bench/profile_update.py --gpu-shape --repeats 2
+#   weights, compiled layers, foreach vs fused AdamW, GPU busy share and top kernels of one update under
+#   torch.profiler. About 200 s (not yet run; the compiled variant compiles in its warm-up).
+want profile && stage profile 240 python3 bench/profile_update.py --gpu-shape --repeats 2
 exit 0

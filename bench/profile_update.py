@@ -13,15 +13,18 @@ advantages. Variants, each timed alone (median over --repeats after one warm-up)
   mb16, mb32       larger micro-batches (fewer launches per token)
   no-ckpt          gradient checkpointing off
   bf16-weights     bfloat16 weights, no autocast (no per-forward weight casts, no float32 gradient accumulation)
+  compiled         the decoder layers compiled (model.compile_layers: torch.compile, forward and backward)
 
-Then the optimizer step alone (clip + AdamW), foreach vs fused, time and peak memory above the held state; and, on
-a GPU, a torch.profiler trace of one base update: the summed time of the CUDA kernels against the update's wall time
-(GPU busy: near 100% means kernel-bound, low means the host launching kernels is the limit) and the top kernels.
+Then the optimizer step alone (clip + AdamW), foreach vs fused (on CUDA), time and peak memory above the held state;
+and a torch.profiler trace of one base update: the operators the host issued per micro-batch and, on a GPU, the
+summed time of the CUDA kernels against the update's wall time (GPU busy: near 100% means kernel-bound, low means the
+host issuing kernels is the limit) and the top kernels.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -34,11 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import build_model, device_name, gib, table, versions  # noqa: E402
 from update_batches import update  # noqa: E402
 
-from rlif.models import enable_activation_checkpointing  # noqa: E402
+from rlif.models import compiled_layers, enable_activation_checkpointing  # noqa: E402
 from rlif.rollout import Rollout  # noqa: E402
 from rlif.scoring import SignalModel, length_batches  # noqa: E402
 
-VARIANTS = ["base", "mb16", "mb32", "no-ckpt", "bf16-weights"]
+VARIANTS = ["base", "compiled", "mb32", "bf16-weights", "no-ckpt", "mb16"]  # in order of interest: a stage cut short keeps the first
 
 
 def synthetic_rollout(rows: int, prompt: int, tokens: int, vocab: int, seed: int = 0) -> Rollout:
@@ -55,7 +58,7 @@ def synthetic_rollout(rows: int, prompt: int, tokens: int, vocab: int, seed: int
 
 def setting(variant: str, micro_batch: int) -> dict:
     return {"micro_batch": {"mb16": 16, "mb32": 32}.get(variant, micro_batch), "checkpointing": variant != "no-ckpt",
-            "dtype": torch.bfloat16 if variant == "bf16-weights" else torch.float32}
+            "dtype": torch.bfloat16 if variant == "bf16-weights" else torch.float32, "compiled": variant == "compiled"}
 
 
 def build(args, dtype: torch.dtype, checkpointing: bool, device: torch.device) -> SignalModel:
@@ -65,11 +68,12 @@ def build(args, dtype: torch.dtype, checkpointing: bool, device: torch.device) -
     return SignalModel(model, chunk_size=2048).train()
 
 
-def run_update(signal_model, rollout, micro_batch: int, advantages, autocast: bool):
+def run_update(signal_model, rollout, micro_batch: int, advantages, autocast: bool, compiled: bool = False):
     batches = length_batches(rollout.prompt_mask, rollout.response_mask, micro_batch)
     device = next(signal_model.parameters()).device
     context = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if autocast else nullcontext
-    update(signal_model, rollout, batches, advantages, temperature=0.9, autocast=context)
+    with compiled_layers(signal_model, compiled):  # the forwards and the backward (checkpointing recomputes through it)
+        update(signal_model, rollout, batches, advantages, temperature=0.9, autocast=context)
 
 
 def seconds(fn, repeats: int, device: torch.device) -> list[float]:
@@ -89,22 +93,27 @@ def peak_memory(device: torch.device) -> str:
     return gib(torch.cuda.max_memory_allocated()) if device.type == "cuda" else "n/a"
 
 
-def profile_kernels(fn, top: int) -> tuple[float, float, list[list[str]]]:
-    """(wall s, summed CUDA kernel s, rows of the top kernels) of one call of `fn` under torch.profiler."""
+def profile_update(fn, device: torch.device, top: int) -> dict:
+    """One call of `fn` under torch.profiler: wall seconds, the operators the host issued (top-level aten calls), and
+    on a GPU the summed CUDA kernel seconds and the top kernels."""
     from torch.profiler import ProfilerActivity, profile
 
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         start = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
         wall = time.perf_counter() - start
+    events = prof.events()
+    operators = sum(1 for e in events if e.name.startswith("aten::") and not (e.cpu_parent and e.cpu_parent.name.startswith("aten::")))
     kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
-    busy = sum(e.self_device_time_total for e in kernels) / 1e6
     kernels.sort(key=lambda e: e.self_device_time_total, reverse=True)
-    rows = [[e.key[:70], str(e.count), f"{e.self_device_time_total / 1e3:.1f} ms", f"{e.self_device_time_total / 1e6 / wall:.1%}"]
-            for e in kernels[:top]]
-    return wall, busy, rows
+    return {"wall": wall, "operators": operators, "kernel_s": sum(e.self_device_time_total for e in kernels) / 1e6,
+            "top": [[e.key[:70], str(e.count), f"{e.self_device_time_total / 1e3:.1f} ms", f"{e.self_device_time_total / 1e6 / wall:.1%}"]
+                    for e in kernels[:top]]}
 
 
 def optimizer_steps(signal_model, device: torch.device, repeats: int) -> list[list[str]]:
@@ -112,22 +121,21 @@ def optimizer_steps(signal_model, device: torch.device, repeats: int) -> list[li
     params = [p for p in signal_model.parameters() if p.requires_grad]
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3
+    def step(optimizer):
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+
     rows = []
     for fused in ([False, True] if device.type == "cuda" else [False]):
         optimizer = torch.optim.AdamW(params, lr=1e-6, fused=fused)
-
-        def step():
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-
-        step()  # the state exists from here on, as in training after step 1
+        step(optimizer)  # the state exists from here on, as in training after step 1
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         held = torch.cuda.memory_allocated() if device.type == "cuda" else 0
-        times = seconds(step, repeats, device)
+        times = seconds(functools.partial(step, optimizer), repeats, device)
         extra = gib(torch.cuda.max_memory_allocated() - held) if device.type == "cuda" else "n/a"
         rows.append(["fused" if fused else "foreach", f"{statistics.median(times) * 1e3:.1f} ms", extra])
-        del optimizer
+        del optimizer  # its state before the next one's
     for p in params:
         p.grad = None
     return rows
@@ -155,9 +163,12 @@ def main(argv=None) -> dict:
         parser.error(f"--variants: unknown {', '.join(unknown)}: expected some of {', '.join(VARIANTS)}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     autocast = device.type == "cuda"
+    print(f"update: {args.model}, {args.rows} rows x (about {args.prompt} prompt + {args.tokens} response) tokens, "
+          f"{'bf16 autocast' if autocast else 'no autocast'}, {args.repeats} timed updates per variant")
+    print(f"device: {device_name()}; {versions()}", flush=True)
     rollout = None
     results, rows = {}, []
-    for variant in variants:
+    for variant in variants:  # each variant's figures print as they come: a run cut short keeps the first ones
         chosen = setting(variant, args.micro_batch)
         signal_model = build(args, chosen["dtype"], chosen["checkpointing"], device)
         if rollout is None:
@@ -165,38 +176,43 @@ def main(argv=None) -> dict:
             advantages = torch.randn(args.rows, generator=torch.Generator().manual_seed(1))
             tokens = int(rollout.prompt_mask.sum() + rollout.response_mask.sum())
 
-        def call():
-            run_update(signal_model, rollout, chosen["micro_batch"], advantages, autocast and chosen["dtype"] == torch.float32)
+        call = functools.partial(run_update, signal_model, rollout, chosen["micro_batch"], advantages,
+                                 autocast and chosen["dtype"] == torch.float32, chosen["compiled"])
 
-        call()  # warm-up: kernels compiled, allocator grown
+        start = time.perf_counter()
+        call()  # warm-up: kernels compiled (and the layers, for "compiled"), allocator grown
+        warm_up = time.perf_counter() - start
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         times = seconds(call, args.repeats, device)
         results[variant] = times
         rows.append([variant, str(chosen["micro_batch"]), "on" if chosen["checkpointing"] else "off", str(chosen["dtype"]).removeprefix("torch."),
                      f"{statistics.median(times):.2f} s", f"{tokens / statistics.median(times):,.0f}", peak_memory(device)])
+        print(f"  {variant}: update {[round(t, 2) for t in times]} s (warm-up {warm_up:.1f} s), peak {rows[-1][-1]}", flush=True)
         if variant == "base":
-            optimizer_rows = optimizer_steps(signal_model, device, args.repeats)
-            profiled = profile_kernels(call, args.top) if device.type == "cuda" else None
-        del signal_model
+            print("\noptimizer step (clip + AdamW) over the base model's parameters:")
+            print(table(["AdamW", "time (median)", "peak memory above the held state"], optimizer_steps(signal_model, device, args.repeats)))
+            try:
+                profiled = profile_update(call, device, args.top)
+                micro_batches = -(-args.rows // chosen["micro_batch"])
+                print(f"\nbase update under torch.profiler: wall {profiled['wall']:.2f} s, {profiled['operators']:,} operators issued "
+                      f"({profiled['operators'] // micro_batches:,} per micro-batch)")
+                if device.type == "cuda":
+                    busy = profiled["kernel_s"]
+                    print(f"CUDA kernels {busy:.2f} s: GPU busy {busy / profiled['wall']:.0%} of the wall time")
+                    print(table(["kernel", "calls", "time", "share of wall"], profiled["top"]))
+            except Exception as error:  # the profile is one reading among several: the variants still run
+                print(f"torch.profiler failed: {error!r}")
+            print(flush=True)
+        del signal_model, call  # freed before the next variant's model
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
-    print(f"\nupdate: {args.model}, {args.rows} rows x (about {args.prompt} prompt + {args.tokens} response) tokens, "
-          f"{'bf16 autocast' if autocast else 'no autocast'}, {args.repeats} timed updates per variant")
-    print(f"device: {device_name()}; {versions()}")
     base = statistics.median(results[variants[0]])
     for row, variant in zip(rows, variants):
         row.append(f"{statistics.median(results[variant]) / base:.2f}x")
     print(table(["variant", "micro-batch", "checkpointing", "weights", "update (median)", "tokens/s", "peak memory",
                  f"time vs {variants[0]}"], rows))
-    if "base" in variants:
-        print("\noptimizer step (clip + AdamW) over the base model's parameters:")
-        print(table(["AdamW", "time (median)", "peak memory above the held state"], optimizer_rows))
-        if profiled is not None:
-            wall, busy, kernel_rows = profiled
-            print(f"\nbase update under torch.profiler: wall {wall:.2f} s, CUDA kernels {busy:.2f} s (GPU busy {busy / wall:.0%})")
-            print(table(["kernel", "calls", "time", "share of wall"], kernel_rows))
     return {"seconds": results}
 
 

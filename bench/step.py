@@ -18,7 +18,8 @@ Runs (each in a fresh subprocess; rounds alternate the order):
   rlif-length   rlif, reward = response length (needs no model)
   rlif          rlif INTUITOR, reward = self-certainty
 A suffix picks rlif's decode loop (rollout.decode; default dynamic): rlif@compiled, rlif-length@compiled (static KV cache
-and CUDA graphs, for GPUs), rlif@static.
+and CUDA graphs, for GPUs), rlif@static; then `+layers` compiles the update's decoder layers (model.compile_layers):
+rlif@compiled+layers.
 Step time is the median over steps 2..S (step 1 warms up); completion tokens/s = completion tokens / step time.
 Peak memory: CUDA max_memory_allocated over the run; on CPU the peak resident set size during the run minus the
 resident set size after imports (both trainers then hold the same model, reference and optimizer).
@@ -62,7 +63,7 @@ def prepare(work: Path, size: str) -> tuple[Path, Path]:
     return model_dir, data
 
 
-def run_rlif(args, work: Path, reward: str, decode: str) -> dict:
+def run_rlif(args, work: Path, reward: str, decode: str, compile_layers: bool) -> dict:
     import yaml
 
     from rlif.config import load_config
@@ -72,7 +73,7 @@ def run_rlif(args, work: Path, reward: str, decode: str) -> dict:
     out = work / f"rlif-{reward.replace(':', '_')}-{time.time_ns()}"
     raw = {
         "model": {"path": str(args.model_dir), "dtype": "float32", "mixed_precision": "auto",
-                  "gradient_checkpointing": args.gradient_checkpointing == "on"},
+                  "gradient_checkpointing": args.gradient_checkpointing == "on", "compile_layers": compile_layers},
         "data": {"path": str(args.data), "label_field": None, "system_prompt": SYSTEM_PROMPT, "max_prompt_tokens": 2048},
         "rollout": {"group_size": args.group, "temperature": 0.9, "top_p": 1.0, "max_new_tokens": args.tokens,
                     "generation_batch_size": args.prompts * args.group, "decode": decode},
@@ -161,20 +162,28 @@ def worker(args) -> dict:
     elif args.worker == "trl+sc":
         result = run_trl(args, work, with_self_certainty=True)
     else:
-        name, _, decode = args.worker.partition("@")
+        name, decode, compile_layers = split_run(args.worker)
         reward = "step_rewards:response_length" if name == "rlif-length" else "self_certainty"
-        result = run_rlif(args, work, reward, decode or "dynamic")
+        result = run_rlif(args, work, reward, decode, compile_layers)
     result["peak_bytes"] = torch.cuda.max_memory_allocated() if gpu else peak_rss_bytes() - before
     return result
+
+
+def split_run(run: str) -> tuple[str, str, bool]:
+    """(name, rlif decode, compiled layers) of a run: `rlif@compiled+layers` -> ("rlif", "compiled", True)."""
+    layers = run.endswith("+layers")
+    name, _, decode = run.removesuffix("+layers").partition("@")
+    return name, decode or "dynamic", layers
 
 
 def parse_runs(text: str) -> list[str]:
     """The comma-separated --runs, checked (bench/gpu_check.sh's list is tested against this)."""
     runs = text.split(",")
     for run in runs:
-        name, _, decode = run.partition("@")
-        if name not in RUNS or (decode and (name.startswith("trl") or decode not in DECODE_MODES)):
-            raise ValueError(f"--runs: unknown run {run!r}: expected {', '.join(RUNS)}, an rlif run may end in @static or @compiled")
+        name, decode, layers = split_run(run)
+        if name not in RUNS or decode not in DECODE_MODES or (name.startswith("trl") and run != name):
+            raise ValueError(f"--runs: unknown run {run!r}: expected {', '.join(RUNS)}; an rlif run may add @static or "
+                             "@compiled (rollout.decode), then +layers (model.compile_layers)")
     return runs
 
 
@@ -268,10 +277,12 @@ def main(argv=None):
     for run in runs:
         if results[run]["generate"]:
             print(f"{run} phases (median s): " + ", ".join(f"{phase} {med(run, phase):.2f}" for phase in PHASES))
-    for decode in ("", "@static", "@compiled"):
-        if f"rlif{decode}" in results and f"rlif-length{decode}" in results:
-            ratio = med(f"rlif{decode}", "step_s") / med(f"rlif-length{decode}", "step_s")
-            print(f"INTUITOR step time / model-free step time (rlif{decode}): {ratio:.3f}")
+    for run in runs:
+        if run.startswith("rlif@") or run == "rlif" or run.startswith("rlif+"):
+            model_free = run.replace("rlif", "rlif-length", 1)
+            if model_free in results:
+                ratio = med(run, "step_s") / med(model_free, "step_s")
+                print(f"INTUITOR step time / model-free step time ({run}): {ratio:.3f}")
     if "trl+sc" in results and "trl" in results:
         print(f"self-certainty by an extra forward / model-free step time (TRL): {med('trl+sc', 'step_s') / med('trl', 'step_s'):.3f}")
     if args.json:

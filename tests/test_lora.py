@@ -125,6 +125,12 @@ def test_unsupported_distributed_modes_fail_with_the_reason(tmp_path, tiny_model
     with pytest.raises(ConfigError, match="rollout.decode = 'compiled' is not supported under FSDP2"):
         check_supported_setup(accelerator(DistributedType.FSDP, fsdp2=True), compiled)
     check_supported_setup(accelerator(DistributedType.MULTI_CPU), compiled)
+    layers = load_config(lora_config(tmp_path, tiny_model_dir, addition_data), ["lora.rank=0", "model.compile_layers=true"])
+    with pytest.raises(ConfigError, match="model.compile_layers = True is not supported under FSDP2"):
+        check_supported_setup(accelerator(DistributedType.FSDP, fsdp2=True), layers)
+    with pytest.raises(ConfigError, match="model.compile_layers = True is not supported under DeepSpeed"):
+        check_supported_setup(accelerator(DistributedType.DEEPSPEED), layers)
+    check_supported_setup(accelerator(DistributedType.MULTI_CPU), layers)  # DDP
 
 
 @pytest.mark.parametrize("rank", [0, 4])

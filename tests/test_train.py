@@ -235,6 +235,41 @@ def test_resume_before_the_first_checkpoint_starts_clean(tmp_path, tiny_model_di
     assert comparable(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == expected  # no duplicated lines
 
 
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_compiled_layers_train_the_same_run(tmp_path, tiny_model_dir, addition_data, lora_rank):
+    """model.compile_layers runs the update's layers through torch.compile (activation checkpointing recomputing
+    through them): the same run as eager to float rounding; sampling and evaluation stay eager."""
+    if not (shutil.which("g++") or shutil.which("clang++")):
+        pytest.skip("torch.compile on CPU needs a C++ compiler")
+    import rlif.train as train_module
+    from rlif.models import decoder_layers
+
+    policies, real_load_policy = [], train_module.load_policy
+
+    def keep_policy(*args):
+        policies.append(real_load_policy(*args))
+        return policies[-1]
+
+    runs = {}
+    for compiled in (False, True):
+        name = f"layers-{compiled}"
+        config_path = tiny_config(tmp_path, tiny_model_dir, addition_data, name=name, train={"steps": 3},
+                                  model={"gradient_checkpointing": True, "compile_layers": compiled},
+                                  lora={"rank": lora_rank, "alpha": 8.0})
+        with pytest.MonkeyPatch.context() as patch:  # keep the policy to look at its layers afterwards
+            patch.setattr(train_module, "load_policy", keep_policy)
+            train(load_config(config_path))
+        runs[compiled] = comparable(read_jsonl(tmp_path / name / "metrics.jsonl"))
+    assert len(runs[True]) == 3
+    for record, expected in zip(runs[True], runs[False]):
+        assert {k: v for k, v in record.items() if k != "loss/policy"} == pytest.approx(
+            {k: v for k, v in expected.items() if k != "loss/policy"}, rel=1e-4, abs=1e-5)
+        assert record["loss/policy"] == pytest.approx(expected["loss/policy"], rel=1e-3, abs=1e-5)
+    layers = decoder_layers(policies[-1])
+    assert layers and all("_rlif_compiled_call" in layer.__dict__ for layer in layers)  # compiled for the update
+    assert all(layer._compiled_call_impl is None for layer in layers)  # and eager again outside it
+
+
 @pytest.mark.parametrize("other", ["static", "compiled"])
 def test_static_and_compiled_decode_train_the_same_run(tmp_path, tiny_model_dir, addition_data, other):
     """rollout.decode changes how rollouts and evaluation answers are decoded, not what is drawn; a compiled decode

@@ -38,6 +38,8 @@ class ModelConfig:
     """Autocast for forward passes (accelerate). auto: bf16 on a CUDA GPU that supports it, else no."""
     gradient_checkpointing: bool = False
     """Recompute decoder activations in the backward pass (less memory, about 30% more compute)."""
+    compile_layers: bool = False
+    """Run the update's decoder layers compiled (torch.compile, forward and backward; one graph per layer class, compiled during the first step). Meant for GPUs (fewer, fused kernels; not yet timed on one); one process or DDP, not FSDP2 or DeepSpeed. Sampling and scoring stay as they are."""
     trust_remote_code: bool = False
     """Allow model/tokenizer code from the model folder to run (Hugging Face `trust_remote_code`)."""
     reference_device: str = "auto"

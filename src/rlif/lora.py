@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from rlif.config import Config, ConfigError, LoraConfig
-from rlif.models import enable_activation_checkpointing, load_model
+from rlif.models import decoder_layers, enable_activation_checkpointing, load_model
 
 ADAPTER_DIR = "adapter"
 
@@ -37,6 +37,11 @@ def load_policy(config: Config, checkpoint: Path | None = None) -> nn.Module:
         policy = load_adapter(base, Path(checkpoint) / ADAPTER_DIR) if checkpoint else apply_lora(base, config.lora, config.train.seed)
     if config.model.gradient_checkpointing:
         enable_activation_checkpointing(policy)
+    if config.model.compile_layers and not decoder_layers(policy):
+        raise ConfigError(
+            f"config field model.compile_layers = True: {type(policy).__name__} from {config.model.path} has no transformers "
+            "decoder layers (GradientCheckpointingLayer) to compile; set it to false"
+        )
     return policy
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -91,3 +92,34 @@ def eos_token_ids(tokenizer, model=None) -> list[int]:
     elif configured:
         ids.update(configured)
     return sorted(i for i in ids if i is not None)
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The repeated decoder blocks of a transformers model (its `GradientCheckpointingLayer`s)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
+
+
+@contextmanager
+def compiled_layers(model: nn.Module, enabled: bool = True):
+    """Inside the block (forward and backward: activation checkpointing recomputes through it), each decoder layer of
+    `model` runs compiled (`torch.compile`: one graph per layer class serves every layer, its sequence length made
+    dynamic at the first new width); outside it the layers run eagerly, so sampling, the compiled decode and
+    scoring see the model unchanged. The compiled callables stay on the layers from one block to the next.
+    This uses the attribute `nn.Module.compile()` sets (`_compiled_call_impl`), set and cleared here."""
+    if not enabled:
+        yield
+        return
+    layers = decoder_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no transformers decoder layers (GradientCheckpointingLayer) to compile")
+    for layer in layers:
+        if "_rlif_compiled_call" not in layer.__dict__:
+            layer._rlif_compiled_call = torch.compile(layer._call_impl)
+        layer._compiled_call_impl = layer._rlif_compiled_call
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer._compiled_call_impl = None

@@ -35,6 +35,11 @@ def check_supported_setup(accelerator, config: Config) -> None:
             "config field rollout.decode = 'compiled' is not supported under FSDP2 (its parameters are regathered for "
             "every rollout, which compiled graphs cannot follow); use 'static' or 'dynamic'"
         )
+    if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED) and config.model.compile_layers:
+        raise ConfigError(
+            f"config field model.compile_layers = True is not supported under {'FSDP2' if kind == DistributedType.FSDP else 'DeepSpeed'} "
+            "(their hooks around each layer are not traced here); set it to false, or train with one process or DDP"
+        )
     if kind == DistributedType.DEEPSPEED:
         stage = accelerator.state.deepspeed_plugin.zero_stage
         if stage == 3:

@@ -47,7 +47,7 @@ from rlif.config import Config, ConfigError, save_config
 from rlif.data import DataError, PromptRecord, load_prompts, render_prompt
 from rlif.grpo import group_advantages, k3_kl, policy_loss
 from rlif.lora import load_policy
-from rlif.models import eos_token_ids, load_model, load_tokenizer
+from rlif.models import compiled_layers, eos_token_ids, load_model, load_tokenizer
 from rlif.parallel import (
     build_reference,
     check_supported_setup,
@@ -310,7 +310,8 @@ def train(config: Config) -> Path:
         for i, rows in enumerate(micro_batches):
             mb = trim_padding(*rollout.select(rows).values())
             width = mb[2].shape[1]
-            with _maybe_no_sync(accelerator, signal_model, last=i == len(micro_batches) - 1):
+            last = i == len(micro_batches) - 1
+            with _maybe_no_sync(accelerator, signal_model, last), compiled_layers(signal_model, config.model.compile_layers):
                 signals = signal_model(*(t.to(accelerator.device) for t in mb), temperature=cfg_rollout.temperature, logprobs_only=True)
                 terms = policy_loss(
                     signals.logprobs,
@@ -325,7 +326,7 @@ def train(config: Config) -> Path:
                 # DDP/FSDP/DeepSpeed average gradients over processes; the loss is already a global token mean
                 accelerator.backward(terms.loss * loss_scale(accelerator))
             sums += torch.stack([terms.loss, terms.policy_loss, terms.kl, terms.clipped, terms.num_tokens]).detach().float()
-        if not torch.isfinite(sums[0]):  # one host sync per step, not per micro-batch; still before the weights change
+        if not torch.isfinite(sums[0]):  # read once per step, not per micro-batch; still before the weights change
             raise TrainingDiverged(_diverged(step, f"the loss is {sums[0].item()}", run_dir))
         grad_norm = accelerator.clip_grad_norm_(signal_model.parameters(), cfg_train.max_grad_norm)
         if not torch.isfinite(torch.as_tensor(grad_norm)):

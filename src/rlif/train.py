@@ -323,11 +323,12 @@ def train(config: Config) -> Path:
                     ref_logprobs=None if reference is None else rollout.ref_logprobs[rows, :width].to(accelerator.device),
                     total_tokens=total_tokens,
                 )
+                sums += torch.stack([terms.loss, terms.policy_loss, terms.kl, terms.clipped, terms.num_tokens]).detach().float()
+                # read once per step, not per micro-batch, before the last backward (DeepSpeed steps its engine in it)
+                if last and not torch.isfinite(sums[0]):
+                    raise TrainingDiverged(_diverged(step, f"the loss is {sums[0].item()}", run_dir))
                 # DDP/FSDP/DeepSpeed average gradients over processes; the loss is already a global token mean
                 accelerator.backward(terms.loss * loss_scale(accelerator))
-            sums += torch.stack([terms.loss, terms.policy_loss, terms.kl, terms.clipped, terms.num_tokens]).detach().float()
-        if not torch.isfinite(sums[0]):  # read once per step, not per micro-batch; still before the weights change
-            raise TrainingDiverged(_diverged(step, f"the loss is {sums[0].item()}", run_dir))
         grad_norm = accelerator.clip_grad_norm_(signal_model.parameters(), cfg_train.max_grad_norm)
         if not torch.isfinite(torch.as_tensor(grad_norm)):
             raise TrainingDiverged(_diverged(step, f"the gradient norm is {float(grad_norm)}", run_dir))

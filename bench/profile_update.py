@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_model, device_name, gib, table, versions  # noqa: E402
+from common import build_model, device_name, gib, table, timed, versions  # noqa: E402
 from update_batches import update  # noqa: E402
 
 from rlif.models import compiled_layers, enable_activation_checkpointing  # noqa: E402
@@ -74,19 +74,6 @@ def run_update(signal_model, rollout, micro_batch: int, advantages, autocast: bo
     context = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if autocast else nullcontext
     with compiled_layers(signal_model, compiled):  # the forwards and the backward (checkpointing recomputes through it)
         update(signal_model, rollout, batches, advantages, temperature=0.9, autocast=context)
-
-
-def seconds(fn, repeats: int, device: torch.device) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        out.append(time.perf_counter() - start)
-    return out
 
 
 def peak_memory(device: torch.device) -> str:
@@ -132,7 +119,7 @@ def optimizer_steps(signal_model, device: torch.device, repeats: int) -> list[li
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         held = torch.cuda.memory_allocated() if device.type == "cuda" else 0
-        times = seconds(functools.partial(step, optimizer), repeats, device)
+        _, times, _ = timed(functools.partial(step, optimizer), repeats, warmup=0)
         extra = gib(torch.cuda.max_memory_allocated() - held) if device.type == "cuda" else "n/a"
         rows.append(["fused" if fused else "foreach", f"{statistics.median(times) * 1e3:.1f} ms", extra])
         del optimizer  # its state before the next one's
@@ -184,7 +171,7 @@ def main(argv=None) -> dict:
         warm_up = time.perf_counter() - start
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        times = seconds(call, args.repeats, device)
+        _, times, _ = timed(call, args.repeats, warmup=0)  # warmed up above
         results[variant] = times
         rows.append([variant, str(chosen["micro_batch"]), "on" if chosen["checkpointing"] else "off", str(chosen["dtype"]).removeprefix("torch."),
                      f"{statistics.median(times):.2f} s", f"{tokens / statistics.median(times):,.0f}", peak_memory(device)])

@@ -298,10 +298,10 @@ def _decode_dynamic(model, cache_kw: str, cache, rows: _BatchRows, pick: _Picker
     lengths = torch.zeros(num_rows, dtype=torch.long)
     truncated = torch.zeros(num_rows, dtype=torch.bool)
     live = torch.arange(num_rows)  # (A',) output rows still decoding
-    logits, attention = rows.logits, rows.attention
+    logits, attention, streams = rows.logits, rows.attention, rows.streams
     next_position = attention.sum(-1, keepdim=True)  # (A', 1) position id of the next token
     for t in range(max_new_tokens):
-        tokens, signals = pick(logits, rows.streams, t)
+        tokens, signals = pick(logits, streams, t)
         tokens_out[live, t] = tokens.cpu()
         if signals is not None:
             signals_out[live, t] = signals.cpu()
@@ -315,7 +315,8 @@ def _decode_dynamic(model, cache_kw: str, cache, rows: _BatchRows, pick: _Picker
             if keep.numel() == 0:
                 break
             cache.batch_select_indices(keep)
-            rows, tokens, attention, next_position = rows.select(keep), tokens[keep], attention[keep], next_position[keep]
+            # the prefill's logits are not needed again: only the rows' streams, not the (A, V) block, are narrowed
+            streams, tokens, attention, next_position = streams[keep], tokens[keep], attention[keep], next_position[keep]
             live = live[keep.cpu()]
         attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)  # (A', W + t + 1)
         out = model(

@@ -7,9 +7,10 @@
 # The stages take more than one 10-minute device call together, and a lease is 15 minutes including the machine's
 # start (about 1.5 minutes), so run them as calls on the warm machine, issued at once one after the other (the machine
 # goes back after 30 s idle), in this order of importance (device tool, carry [".whl"]):
-#     bash bench/gpu_check.sh profile step      # timeout_s 600; about 200 + 4 x ~85 s, not yet run together
-#     bash bench/gpu_check.sh rollout           # with what is left (about 150-200 s)
-#     bash bench/gpu_check.sh tests signals     # when the GPU code changed: tests 141 s, signals 118 s on an H100
+#     TESTS=tests/test_gpu.py bash bench/gpu_check.sh tests step   # timeout_s 600; about 60 + 5 x ~85 s
+#     bash bench/gpu_check.sh profile           # with what is left (about 200 s)
+#     bash bench/gpu_check.sh rollout           # next (about 150-200 s)
+#     bash bench/gpu_check.sh tests signals     # when the Triton code changed: tests 141 s, signals 118 s on an H100
 #     bash bench/gpu_check.sh train             # at most 200 s: 1.5B steps and the micro-batch probe
 # No argument runs every stage. Results: printed, and written under $OUT (or bench/out): device.txt, tests.txt,
 # signals.txt/json, rollout.txt, step.txt/json, profile.txt, train.txt/json. Each stage has its own time limit, so one
@@ -46,7 +47,9 @@ stage() {  # name, limit (s), command...
 
 # tests: the GPU paths (Triton kernels compiled, not interpreted, the compiled decode) against the references.
 #   41 s on an H200 before the compiled-decode test was added.
-want tests && stage tests 180 python3 -m pytest -p no:cacheprovider tests/test_gpu.py tests/test_triton_signals.py tests/test_signals.py tests/test_sampling.py
+#   TESTS=... narrows the files (tests/test_gpu.py alone: the CUDA-only tests).
+TESTS=${TESTS:-tests/test_gpu.py tests/test_triton_signals.py tests/test_signals.py tests/test_sampling.py}
+want tests && stage tests 180 python3 -m pytest -p no:cacheprovider $TESTS
 # signals: the issue's shape, 16,384 tokens, Qwen2.5-1.5B head (d 1536, V 151,936), bf16; Triton (fused), two chunk
 #   sizes, the forward kernel's launch shape before 2026-11-26 (fused@2048#2048x4; the default is FORWARD_LAUNCH);
 #   the backward with the head trained (+bwd; @2048: train.chunk_tokens' default) and frozen (+hbwd: LoRA, rlif's
@@ -59,14 +62,16 @@ want train && stage train 200 python3 bench/gpu_check.py --prompts 8 --steps 2 -
 # rollout: random-init Qwen2.5-0.5B, 16 prompts x G=8 x 256 tokens; HF generate dynamic and static cache, rlif's
 #   dynamic, static and compiled decode (both static-cache variants compile in their warm-up).
 want rollout && stage rollout 200 python3 bench/rollout.py --gpu-shape --rounds 1 --static
-# step: one training step vs TRL's GRPOTrainer at the same shape (TRL runs need the carried wheels). About 60 s a run.
-#   rlif runs with the compiled decode (rollout.decode: compiled; step 1, not timed, compiles), the last one also with
-#   the update's layers compiled (model.compile_layers).
+# step: one training step vs TRL's GRPOTrainer at the same shape (TRL runs need the carried wheels). About 60-85 s a run.
+#   rlif runs with the compiled decode (rollout.decode: compiled; step 1, not timed, compiles). rlif@compiled is the
+#   run measured on the H100 of 2026-11-26 (1.66x TRL at 1.21x its memory), now with the fused AdamW; the others add
+#   micro-batches of 32 rows (update and reference pass), the reference in pinned CPU memory between its passes
+#   (model.reference_device: offload) and, in the last, the update's layers compiled (model.compile_layers).
 #   TRL's self-certainty-by-extra-forward run (trl+sc) was measured in the first lease; add it with RUNS=... to repeat.
-RLIF_RUNS=rlif-length@compiled,rlif@compiled,rlif@compiled+layers
+RLIF_RUNS=rlif@compiled,rlif-length@compiled+mb32+offload,rlif@compiled+mb32+offload,rlif@compiled+layers+mb32+offload
 if [ "$HAVE_TRL" = 1 ]; then DEFAULT_RUNS=trl,$RLIF_RUNS; else DEFAULT_RUNS=$RLIF_RUNS; echo "trl not importable: TRL runs skipped"; fi
 RUNS=${RUNS:-$DEFAULT_RUNS}
-want step && stage step 400 python3 bench/step.py --gpu-shape --rounds 1 --steps 2 --runs "$RUNS" --json "$OUT/step.json"
+want step && stage step 480 python3 bench/step.py --gpu-shape --rounds 1 --steps 2 --runs "$RUNS" --json "$OUT/step.json"
 # profile: where the update's time goes (5.6 of 9.8 s per step on an H100): micro-batch sizes, checkpointing, bf16
 #   weights, compiled layers, foreach vs fused AdamW, GPU busy share and top kernels of one update under
 #   torch.profiler. About 200 s (not yet run; the compiled variant compiles in its warm-up).

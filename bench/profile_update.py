@@ -28,7 +28,6 @@ import functools
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -37,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import build_model, device_name, gib, table, timed, versions  # noqa: E402
 from update_batches import update  # noqa: E402
 
-from rlif.models import compiled_layers, enable_activation_checkpointing  # noqa: E402
+from rlif.models import enable_activation_checkpointing  # noqa: E402
 from rlif.rollout import Rollout  # noqa: E402
 from rlif.scoring import SignalModel, length_batches  # noqa: E402
 
@@ -61,19 +60,19 @@ def setting(variant: str, micro_batch: int) -> dict:
             "dtype": torch.bfloat16 if variant == "bf16-weights" else torch.float32, "compiled": variant == "compiled"}
 
 
-def build(args, dtype: torch.dtype, checkpointing: bool, device: torch.device) -> SignalModel:
+def build(args, dtype: torch.dtype, checkpointing: bool, device: torch.device, autocast: bool) -> SignalModel:
     model = build_model(args.model, dtype=dtype).to(device)
     if checkpointing:
         enable_activation_checkpointing(model)  # as training enables it
-    return SignalModel(model, chunk_size=2048).train()
+    signal_model = SignalModel(model, chunk_size=2048).train()
+    if autocast:  # around the forward, as accelerate's prepare puts it in training (the backward runs outside)
+        signal_model.forward = torch.autocast(device.type, dtype=torch.bfloat16)(signal_model.forward)
+    return signal_model
 
 
-def run_update(signal_model, rollout, micro_batch: int, advantages, autocast: bool, compiled: bool = False):
+def run_update(signal_model, rollout, micro_batch: int, advantages, compiled: bool = False):
     batches = length_batches(rollout.prompt_mask, rollout.response_mask, micro_batch)
-    device = next(signal_model.parameters()).device
-    context = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if autocast else nullcontext
-    with compiled_layers(signal_model, compiled):  # the forwards and the backward (checkpointing recomputes through it)
-        update(signal_model, rollout, batches, advantages, temperature=0.9, autocast=context)
+    update(signal_model, rollout, batches, advantages, temperature=0.9, compile_layers=compiled)
 
 
 def peak_memory(device: torch.device) -> str:
@@ -157,14 +156,13 @@ def main(argv=None) -> dict:
     results, rows = {}, []
     for variant in variants:  # each variant's figures print as they come: a run cut short keeps the first ones
         chosen = setting(variant, args.micro_batch)
-        signal_model = build(args, chosen["dtype"], chosen["checkpointing"], device)
+        signal_model = build(args, chosen["dtype"], chosen["checkpointing"], device, autocast and chosen["dtype"] == torch.float32)
         if rollout is None:
             rollout = synthetic_rollout(args.rows, args.prompt, args.tokens, signal_model.model.config.vocab_size)
             advantages = torch.randn(args.rows, generator=torch.Generator().manual_seed(1))
             tokens = int(rollout.prompt_mask.sum() + rollout.response_mask.sum())
 
-        call = functools.partial(run_update, signal_model, rollout, chosen["micro_batch"], advantages,
-                                 autocast and chosen["dtype"] == torch.float32, chosen["compiled"])
+        call = functools.partial(run_update, signal_model, rollout, chosen["micro_batch"], advantages, chosen["compiled"])
 
         start = time.perf_counter()
         call()  # warm-up: kernels compiled (and the layers, for "compiled"), allocator grown

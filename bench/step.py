@@ -18,8 +18,10 @@ Runs (each in a fresh subprocess; rounds alternate the order):
   rlif-length   rlif, reward = response length (needs no model)
   rlif          rlif INTUITOR, reward = self-certainty
 A suffix picks rlif's decode loop (rollout.decode; default dynamic): rlif@compiled, rlif-length@compiled (static KV cache
-and CUDA graphs, for GPUs), rlif@static; then `+layers` compiles the update's decoder layers (model.compile_layers):
-rlif@compiled+layers.
+and CUDA graphs, for GPUs), rlif@static. Then any of: `+layers` compiles the update's decoder layers
+(model.compile_layers), `+offload` keeps the frozen reference in CPU memory between its passes
+(model.reference_device: offload), `+mb<rows>` sets rlif's micro-batch (update and reference pass) instead of
+--micro-batch: rlif@compiled+layers+mb32.
 Step time is the median over steps 2..S (step 1 warms up); completion tokens/s = completion tokens / step time.
 Peak memory: CUDA max_memory_allocated over the run; on CPU the peak resident set size during the run minus the
 resident set size after imports (both trainers then hold the same model, reference and optimizer).
@@ -63,7 +65,8 @@ def prepare(work: Path, size: str) -> tuple[Path, Path]:
     return model_dir, data
 
 
-def run_rlif(args, work: Path, reward: str, decode: str, compile_layers: bool) -> dict:
+def run_rlif(args, work: Path, reward: str, decode: str, compile_layers: bool = False, reference_device: str = "auto",
+             micro_batch: int | None = None) -> dict:
     import yaml
 
     from rlif.config import load_config
@@ -73,12 +76,13 @@ def run_rlif(args, work: Path, reward: str, decode: str, compile_layers: bool) -
     out = work / f"rlif-{reward.replace(':', '_')}-{time.time_ns()}"
     raw = {
         "model": {"path": str(args.model_dir), "dtype": "float32", "mixed_precision": "auto",
-                  "gradient_checkpointing": args.gradient_checkpointing == "on", "compile_layers": compile_layers},
+                  "gradient_checkpointing": args.gradient_checkpointing == "on", "compile_layers": compile_layers,
+                  "reference_device": reference_device},
         "data": {"path": str(args.data), "label_field": None, "system_prompt": SYSTEM_PROMPT, "max_prompt_tokens": 2048},
         "rollout": {"group_size": args.group, "temperature": 0.9, "top_p": 1.0, "max_new_tokens": args.tokens,
                     "generation_batch_size": args.prompts * args.group, "decode": decode},
         "train": {"prompts_per_step": args.prompts, "steps": args.steps, "lr": 1e-6, "kl_coef": 0.005,
-                  "micro_batch_size": args.micro_batch, "score_batch_size": args.micro_batch},
+                  "micro_batch_size": micro_batch or args.micro_batch, "score_batch_size": micro_batch or args.micro_batch},
         "reward": {"name": reward},
         "run": {"output_dir": str(out), "save_every": 10**6, "progress": False, "sample_every": 10**6},
     }
@@ -162,28 +166,42 @@ def worker(args) -> dict:
     elif args.worker == "trl+sc":
         result = run_trl(args, work, with_self_certainty=True)
     else:
-        name, decode, compile_layers = split_run(args.worker)
+        name, decode, options = split_run(args.worker)
         reward = "step_rewards:response_length" if name == "rlif-length" else "self_certainty"
-        result = run_rlif(args, work, reward, decode, compile_layers)
+        result = run_rlif(args, work, reward, decode, **options)
     result["peak_bytes"] = torch.cuda.max_memory_allocated() if gpu else peak_rss_bytes() - before
     return result
 
 
-def split_run(run: str) -> tuple[str, str, bool]:
-    """(name, rlif decode, compiled layers) of a run: `rlif@compiled+layers` -> ("rlif", "compiled", True)."""
-    layers = run.endswith("+layers")
-    name, _, decode = run.removesuffix("+layers").partition("@")
-    return name, decode or "dynamic", layers
+def split_run(run: str) -> tuple[str, str, dict]:
+    """(name, rlif decode, rlif overrides) of an rlif run:
+    `rlif@compiled+layers+mb16` -> ("rlif", "compiled", {"compile_layers": True, "micro_batch": 16})."""
+    head, *extras = run.split("+")
+    name, _, decode = head.partition("@")
+    options = {}
+    for extra in extras:
+        if extra == "layers":
+            options["compile_layers"] = True
+        elif extra == "offload":
+            options["reference_device"] = "offload"
+        elif extra.startswith("mb") and extra[2:].isdigit() and int(extra[2:]) > 0:
+            options["micro_batch"] = int(extra[2:])
+        else:
+            raise ValueError(f"--runs: unknown run {run!r}: +{extra} is not +layers, +offload or +mb<rows>")
+    return name, decode or "dynamic", options
 
 
 def parse_runs(text: str) -> list[str]:
     """The comma-separated --runs, checked (bench/gpu_check.sh's list is tested against this)."""
     runs = text.split(",")
     for run in runs:
-        name, decode, layers = split_run(run)
-        if name not in RUNS or decode not in DECODE_MODES or (name.startswith("trl") and run != name):
+        if run in ("trl", "trl+sc"):
+            continue
+        name, decode, _ = split_run(run)
+        if not name.startswith("rlif") or name not in RUNS or decode not in DECODE_MODES:
             raise ValueError(f"--runs: unknown run {run!r}: expected {', '.join(RUNS)}; an rlif run may add @static or "
-                             "@compiled (rollout.decode), then +layers (model.compile_layers)")
+                             "@compiled (rollout.decode), then +layers (model.compile_layers), +offload (the reference in "
+                             "CPU memory, model.reference_device) and +mb<rows> (its micro-batch size)")
     return runs
 
 

@@ -18,7 +18,6 @@ import argparse
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -27,11 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_name, table, versions  # noqa: E402
 
 from rlif.config import load_config  # noqa: E402
-from rlif.grpo import policy_loss  # noqa: E402
 from rlif.models import load_model, load_tokenizer  # noqa: E402
 from rlif.rollout import generate_rollout, seed_for  # noqa: E402
 from rlif.scoring import SignalModel, length_batches, trim_padding  # noqa: E402
-from rlif.train import prepare_prompts  # noqa: E402
+from rlif.train import accumulate_gradients, prepare_prompts  # noqa: E402
 
 MAIN_JOB = Path(__file__).resolve().parent.parent / "configs" / "testbed" / "intuitor.yaml"
 
@@ -40,23 +38,16 @@ def row_order(prompt_mask, response_mask, batch_size):
     return list(torch.arange(response_mask.shape[0]).split(batch_size))
 
 
-def update(signal_model, rollout, batches, advantages, temperature, autocast=nullcontext) -> int:
-    """Forward + backward over `batches` of the rollout's rows as training runs them, from zero gradients: the
-    step's gradient is left in the parameters. `autocast()` wraps each forward (training's mixed precision). Returns
-    the token cells computed."""
+def update(signal_model, rollout, batches, advantages, temperature, compile_layers: bool = False) -> int:
+    """Forward + backward over `batches` of the rollout's rows with training's own loop
+    (`rlif.train.accumulate_gradients`), from zero gradients: the step's gradient is left in the parameters.
+    Returns the token cells computed."""
     signal_model.zero_grad(set_to_none=True)
     device = next(signal_model.parameters()).device
-    total_tokens = rollout.response_mask.sum().item()
-    cells = 0
-    for rows in batches:
-        mb = [t.to(device) for t in trim_padding(*rollout.select(rows).values())]
-        cells += mb[0].shape[0] * (mb[0].shape[1] + mb[2].shape[1])
-        with autocast():
-            signals = signal_model(*mb, temperature=temperature, logprobs_only=True)
-            terms = policy_loss(signals.logprobs, signals.logprobs.detach(), advantages[rows].to(device), mb[3], clip_eps=0.2,
-                                kl_coef=0.0, ref_logprobs=None, total_tokens=total_tokens)
-        terms.loss.backward()
-    return cells
+    accumulate_gradients(signal_model, rollout, advantages, batches, total_tokens=int(rollout.response_mask.sum()),
+                         device=device, temperature=temperature, clip_eps=0.2, kl_coef=0.0, compile_layers=compile_layers)
+    trimmed = [trim_padding(*rollout.select(rows).values()) for rows in batches]  # as the loop trims them
+    return sum(mb[0].shape[0] * (mb[0].shape[1] + mb[2].shape[1]) for mb in trimmed)
 
 
 def main(argv=None) -> dict:

@@ -139,3 +139,18 @@ def test_bf16_weight_gradient_products_accumulate_in_float32_on_cuda():
     _add_product(total, a16.cuda(), b16.cuda())
     rounded = (a16.cuda() @ b16.cuda()).double().cpu()  # what a bf16 result would have kept
     assert (total.double().cpu() - exact).abs().max() < 0.1 * (rounded - exact).abs().max()
+
+
+def test_an_offloaded_reference_on_cuda_scores_as_one_kept_there_and_leaves_no_device_memory():
+    from test_parallel import offload_reference_case
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.cuda.synchronize()
+    held = torch.cuda.memory_allocated()
+    expected, got, before, after = offload_reference_case(torch.device("cuda"))
+    for name in ("logprobs", "self_certainty", "entropy"):
+        torch.testing.assert_close(getattr(got, name), getattr(expected, name), rtol=1e-6, atol=1e-6)
+    assert [t.data_ptr() for t in after] == [t.data_ptr() for t in before]
+    assert all(t.device.type == "cpu" and t.is_pinned() for t in after)  # host copies, pinned for asynchronous copies in
+    del expected, got
+    assert torch.cuda.memory_allocated() == held  # the pass's device copies are gone

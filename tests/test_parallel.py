@@ -158,3 +158,30 @@ def test_lora_ddp_two_processes_match_one_process(setup):
     assert_same_metrics(expected, read_jsonl(run_dir / "metrics.jsonl"))
     assert_same_samples(single, run_dir)
     assert_same_weights(single, run_dir, STEPS)  # the merged weights of the checkpoints
+
+
+def offload_reference_case(device: torch.device):
+    """(the on-device reference's signals, the offloaded one's, and that module's tensors before and after)."""
+    from rlif.parallel import Reference
+    from rlif.scoring import SignalModel
+
+    model = tiny_causal_lm(len(char_tokenizer(ALPHABET)), hidden_size=32, num_layers=2, seed=3).eval()  # tied head
+    inputs = [t.to(device) for t in (torch.tensor([[0, 5, 6]]), torch.tensor([[0, 1, 1]]), torch.tensor([[7, 8, 9, 2]]),
+                                     torch.tensor([[1, 1, 1, 0]]))]
+    with torch.no_grad():
+        expected = SignalModel(model).to(device)(*inputs)
+        offloaded = Reference(SignalModel(model).to("cpu"), device=device, offload=True)
+        before = [t.data for t in offloaded.signal_model.state_dict(keep_vars=True).values()]
+        with offloaded.scoring(None) as ref_model:
+            assert all(t.device.type == device.type for t in ref_model.state_dict().values())
+            got = ref_model(*inputs)
+    after = [t.data for t in offloaded.signal_model.state_dict(keep_vars=True).values()]
+    return expected, got, before, after
+
+
+def test_an_offloaded_reference_scores_as_before_and_keeps_its_host_copies():
+    expected, got, before, after = offload_reference_case(torch.device("cpu"))
+    for name in ("logprobs", "self_certainty", "entropy"):
+        torch.testing.assert_close(getattr(got, name), getattr(expected, name), rtol=0, atol=0)
+    # after the pass the module points at the same host tensors again: the frozen weights are never copied back
+    assert [t.data_ptr() for t in after] == [t.data_ptr() for t in before] and all(t.device.type == "cpu" for t in after)

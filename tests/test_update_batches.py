@@ -20,7 +20,7 @@ def load_bench():
 
 
 def step_gradient(signal_model, rollout, batches, advantages):
-    """The update's accumulated gradient over `batches` of rows (bench/update_batches.py's copy of train.py's micro-batch loop)."""
+    """The update's accumulated gradient over `batches` of rows (training's micro-batch loop, as the bench runs it)."""
     load_bench().update(signal_model, rollout, batches, advantages, temperature=0.9)
     return {name: p.grad.clone() for name, p in signal_model.named_parameters()}
 

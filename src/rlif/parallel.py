@@ -181,6 +181,8 @@ class Reference:
         self.device = device
         self.offload = offload
         self.sharded = sharded
+        if offload:  # the host copies, for good: each pass copies them in, and after it the module points back here
+            self._host_copies = offloaded_weights(signal_model, pin=device is not None and device.type == "cuda")
 
     @contextlib.contextmanager
     def scoring(self, policy_signal_model):
@@ -190,14 +192,27 @@ class Reference:
                 yield policy_signal_model
             return
         if self.offload:
-            self.signal_model.to(self.device)
+            for tensor, host in self._host_copies:
+                tensor.data = host.to(self.device, non_blocking=True)  # from pinned memory: queued, the host goes on
         try:
             yield self.signal_model
         finally:
-            if self.offload:
-                self.signal_model.to("cpu")
+            if self.offload:  # frozen weights: nothing to copy back, the device copies are dropped
+                for tensor, host in self._host_copies:
+                    tensor.data = host
             if self.sharded:  # an FSDP2 root keeps its parameters gathered after a forward; free them
                 self.signal_model.reshard()
+
+
+def offloaded_weights(module: torch.nn.Module, pin: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(parameter or buffer, its host copy) for each of `module`'s tensors, the module left pointing at the host
+    copies; pinned (page-locked) with `pin`, so copies to a GPU run asynchronously at full bus speed."""
+    pairs = []
+    for tensor in [*module.parameters(), *module.buffers()]:  # a tied weight is listed once
+        host = tensor.data.to("cpu")
+        tensor.data = host.pin_memory() if pin else host
+        pairs.append((tensor, tensor.data))
+    return pairs
 
 
 def build_reference(config: Config, accelerator, policy, load_model_fn, needed: bool) -> Reference | None:

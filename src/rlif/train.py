@@ -303,32 +303,20 @@ def train(config: Config) -> Path:
         # ---- 5. update: PPO-clip + beta * KL, token mean over the whole step -------------------
         signal_model.train()
         total_tokens = accelerator.reduce(rollout.response_mask.sum().to(accelerator.device), "sum").item()
-        sums = torch.zeros(5, device=accelerator.device)  # loss, policy loss, kl, clipped tokens, tokens; read after the loop
         # rows of similar length together; the loss is a token mean over the whole step, so the grouping changes the
         # gradient only by the order of float additions
         micro_batches = length_batches(rollout.prompt_mask, rollout.response_mask, cfg_train.micro_batch_size)
-        for i, rows in enumerate(micro_batches):
-            mb = trim_padding(*rollout.select(rows).values())
-            width = mb[2].shape[1]
-            last = i == len(micro_batches) - 1
-            with _maybe_no_sync(accelerator, signal_model, last), compiled_layers(signal_model, config.model.compile_layers):
-                signals = signal_model(*(t.to(accelerator.device) for t in mb), temperature=cfg_rollout.temperature, logprobs_only=True)
-                terms = policy_loss(
-                    signals.logprobs,
-                    signals.logprobs.detach(),  # pi_old: one update per step, so the weights that sampled are these
-                    advantages[rows].to(accelerator.device),
-                    mb[3].to(accelerator.device),
-                    clip_eps=cfg_train.clip_eps,
-                    kl_coef=cfg_train.kl_coef,
-                    ref_logprobs=None if reference is None else rollout.ref_logprobs[rows, :width].to(accelerator.device),
-                    total_tokens=total_tokens,
-                )
-                sums += torch.stack([terms.loss, terms.policy_loss, terms.kl, terms.clipped, terms.num_tokens]).detach().float()
-                # read once per step, not per micro-batch, before the last backward (DeepSpeed steps its engine in it)
-                if last and not torch.isfinite(sums[0]):
-                    raise TrainingDiverged(_diverged(step, f"the loss is {sums[0].item()}", run_dir))
+        try:
+            sums = accumulate_gradients(  # loss, policy loss, kl, clipped tokens, tokens
+                signal_model, rollout, advantages, micro_batches, total_tokens=total_tokens, device=accelerator.device,
+                temperature=cfg_rollout.temperature, clip_eps=cfg_train.clip_eps, kl_coef=cfg_train.kl_coef,
                 # DDP/FSDP/DeepSpeed average gradients over processes; the loss is already a global token mean
-                accelerator.backward(terms.loss * loss_scale(accelerator))
+                backward=lambda loss: accelerator.backward(loss * loss_scale(accelerator)),
+                no_sync=lambda last: _maybe_no_sync(accelerator, signal_model, last),
+                compile_layers=config.model.compile_layers,
+            )
+        except NonFiniteLoss as error:
+            raise TrainingDiverged(_diverged(step, str(error), run_dir)) from None
         grad_norm = accelerator.clip_grad_norm_(signal_model.parameters(), cfg_train.max_grad_norm)
         if not torch.isfinite(torch.as_tensor(grad_norm)):
             raise TrainingDiverged(_diverged(step, f"the gradient norm is {float(grad_norm)}", run_dir))
@@ -423,6 +411,56 @@ def run_evaluation(
     sampled = [r for r in records if r["sample"] >= 0]
     summaries = {**summarize(greedy, "greedy/", answer_format), **summarize(sampled, "sampled/", answer_format)}
     return {f"eval/{k}": v for k, v in summaries.items()}
+
+
+class NonFiniteLoss(ArithmeticError):
+    """The step's loss is NaN/inf (raised before its last backward, so no update was applied)."""
+
+
+def accumulate_gradients(
+    signal_model: SignalModel,
+    rollout: Rollout,
+    advantages: torch.Tensor,  # (N,)
+    micro_batches: list[torch.Tensor],  # row indices of `rollout`, together every row once
+    *,
+    total_tokens: int,  # the step's response tokens over all processes: the loss is their mean
+    device: torch.device,
+    temperature: float,
+    clip_eps: float,
+    kl_coef: float,
+    backward=torch.Tensor.backward,
+    no_sync=lambda last: contextlib.nullcontext(),
+    compile_layers: bool = False,
+) -> torch.Tensor:
+    """Forward and backward over the step's micro-batches, adding the step's gradient to the parameters' `.grad`.
+
+    Each micro-batch is trimmed of the padding its rows share. `backward(loss)` runs one micro-batch's backward and
+    `no_sync(last)` is the context it runs in (training passes accelerate's). Returns the summed (loss, policy loss,
+    kl, clipped tokens, tokens) on `device`, read by the host only once: before the last backward, whose context may
+    apply the update (DeepSpeed), NonFiniteLoss is raised if the step's loss is not finite.
+    """
+    sums = torch.zeros(5, device=device)
+    for i, rows in enumerate(micro_batches):
+        mb = trim_padding(*rollout.select(rows).values())
+        width = mb[2].shape[1]
+        last = i == len(micro_batches) - 1
+        with no_sync(last), compiled_layers(signal_model, compile_layers):
+            signals = signal_model(*(t.to(device) for t in mb), temperature=temperature, logprobs_only=True)
+            terms = policy_loss(
+                signals.logprobs,
+                signals.logprobs.detach(),  # pi_old: one update per step, so the weights that sampled are these
+                advantages[rows].to(device),
+                mb[3].to(device),
+                clip_eps=clip_eps,
+                kl_coef=kl_coef,
+                ref_logprobs=None if rollout.ref_logprobs is None else rollout.ref_logprobs[rows, :width].to(device),
+                total_tokens=total_tokens,
+            )
+            sums += torch.stack([terms.loss, terms.policy_loss, terms.kl, terms.clipped, terms.num_tokens]).detach().float()
+            if last and not torch.isfinite(sums[0]):
+                raise NonFiniteLoss(f"the loss is {sums[0].item()}")
+            backward(terms.loss)
+    return sums
 
 
 def rollout_metrics(accelerator, rollout: Rollout, rewards: torch.Tensor, has_labels: bool) -> dict[str, float]:

@@ -7,10 +7,10 @@
 # The stages take more than one 10-minute device call together, and a lease is 15 minutes including the machine's
 # start (about 1.5 minutes), so run them as calls on the warm machine, issued at once one after the other (the machine
 # goes back after 30 s idle), in this order of importance (device tool, carry [".whl"]):
-#     TESTS=tests/test_gpu.py bash bench/gpu_check.sh tests step   # timeout_s 600; about 60 + 5 x ~85 s
+#     TESTS="tests/test_gpu.py tests/test_triton_signals.py" bash bench/gpu_check.sh tests signals   # about 100 + 120 s
+#     bash bench/gpu_check.sh step              # timeout_s 600; about 4 x ~85 s
 #     bash bench/gpu_check.sh profile           # with what is left (about 200 s)
 #     bash bench/gpu_check.sh rollout           # next (about 150-200 s)
-#     bash bench/gpu_check.sh tests signals     # when the Triton code changed: tests 141 s, signals 118 s on an H100
 #     bash bench/gpu_check.sh train             # at most 200 s: 1.5B steps and the micro-batch probe
 # No argument runs every stage. Results: printed, and written under $OUT (or bench/out): device.txt, tests.txt,
 # signals.txt/json, rollout.txt, step.txt/json, profile.txt, train.txt/json. Each stage has its own time limit, so one
@@ -47,15 +47,15 @@ stage() {  # name, limit (s), command...
 
 # tests: the GPU paths (Triton kernels compiled, not interpreted, the compiled decode) against the references.
 #   41 s on an H200 before the compiled-decode test was added.
-#   TESTS=... narrows the files (tests/test_gpu.py alone: the CUDA-only tests).
+#   TESTS=... narrows the files (tests/test_gpu.py tests/test_triton_signals.py: the CUDA-only tests and the kernels).
 TESTS=${TESTS:-tests/test_gpu.py tests/test_triton_signals.py tests/test_signals.py tests/test_sampling.py}
 want tests && stage tests 180 python3 -m pytest -p no:cacheprovider $TESTS
-# signals: the issue's shape, 16,384 tokens, Qwen2.5-1.5B head (d 1536, V 151,936), bf16; Triton (fused), two chunk
-#   sizes, the forward kernel's launch shape before 2026-11-26 (fused@2048#2048x4; the default is FORWARD_LAUNCH);
-#   the backward with the head trained (+bwd; @2048: train.chunk_tokens' default) and frozen (+hbwd: LoRA, rlif's
-#   forward prepares the hidden-state gradient). 8 variants took 118 s on an H100.
+# signals: the issue's shape, 16,384 tokens, Qwen2.5-1.5B head (d 1536, V 151,936), bf16; Triton (fused) with 2,048-row
+#   chunks (train.chunk_tokens' default) at the default forward launch (FORWARD_LAUNCH) and three others; the backward
+#   with the head trained (+bwd) and frozen (+hbwd: LoRA, rlif's forward prepares the hidden-state gradient).
+#   8 variants took 118 s on an H100.
 want signals && stage signals 200 python3 bench/signals.py --preset issue --rounds 1 --repeats 3 --json "$OUT/signals.json" \
-  --variants matmul,naive,fused,fused@2048,fused@2048#2048x4,naive+bwd,fused+bwd@2048,naive+hbwd,fused+hbwd
+  --variants matmul,naive,fused@2048,fused@2048#2048x4,fused@2048#2048x8,fused@2048#4096x8,naive+bwd,fused+bwd@2048,fused+hbwd
 # train: the largest update micro-batch, then real INTUITOR steps (train() itself) on Qwen2.5-1.5B, bf16 autocast,
 #   1,024-token responses. About 190 s (the first step warms up: 83 s, the second 41 s).
 want train && stage train 200 python3 bench/gpu_check.py --prompts 8 --steps 2 --time-budget 90 --output "$OUT/train.json"
@@ -63,12 +63,12 @@ want train && stage train 200 python3 bench/gpu_check.py --prompts 8 --steps 2 -
 #   dynamic, static and compiled decode (both static-cache variants compile in their warm-up).
 want rollout && stage rollout 200 python3 bench/rollout.py --gpu-shape --rounds 1 --static
 # step: one training step vs TRL's GRPOTrainer at the same shape (TRL runs need the carried wheels). About 60-85 s a run.
-#   rlif runs with the compiled decode (rollout.decode: compiled; step 1, not timed, compiles). rlif@compiled is the
-#   run measured on the H100 of 2026-11-26 (1.66x TRL at 1.21x its memory), now with the fused AdamW; the others add
-#   micro-batches of 32 rows (update and reference pass), the reference in pinned CPU memory between its passes
-#   (model.reference_device: offload) and, in the last, the update's layers compiled (model.compile_layers).
+#   rlif runs with the compiled decode (rollout.decode: compiled; step 1, not timed, compiles), micro-batches of 32
+#   rows (update and reference pass) and the reference in pinned CPU memory between its passes
+#   (model.reference_device: offload); the last also compiles the update's layers (model.compile_layers). The H100
+#   run of 2026-11-26 had rlif@compiled (micro-batch 8, reference on the GPU): 1.66x TRL at 1.21x its memory.
 #   TRL's self-certainty-by-extra-forward run (trl+sc) was measured in the first lease; add it with RUNS=... to repeat.
-RLIF_RUNS=rlif@compiled,rlif-length@compiled+mb32+offload,rlif@compiled+mb32+offload,rlif@compiled+layers+mb32+offload
+RLIF_RUNS=rlif-length@compiled+mb32+offload,rlif@compiled+mb32+offload,rlif@compiled+layers+mb32+offload
 if [ "$HAVE_TRL" = 1 ]; then DEFAULT_RUNS=trl,$RLIF_RUNS; else DEFAULT_RUNS=$RLIF_RUNS; echo "trl not importable: TRL runs skipped"; fi
 RUNS=${RUNS:-$DEFAULT_RUNS}
 want step && stage step 480 python3 bench/step.py --gpu-shape --rounds 1 --steps 2 --runs "$RUNS" --json "$OUT/step.json"

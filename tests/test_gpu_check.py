@@ -48,8 +48,8 @@ def test_the_gpu_script_asks_the_benchmarks_for_what_they_know():
     assert "fused@2048#2048x4" in load_bench("signals").parse_variants(variants)
     (rlif_runs,) = re.findall(r"^RLIF_RUNS=(\S+)$", script, flags=re.MULTILINE)
     step = load_bench("step")
-    assert step.parse_runs("trl," + rlif_runs) == ["trl", "rlif@compiled", "rlif-length@compiled+mb32+offload",
-                                                   "rlif@compiled+mb32+offload", "rlif@compiled+layers+mb32+offload"]
+    assert step.parse_runs("trl," + rlif_runs) == ["trl", "rlif-length@compiled+mb32+offload", "rlif@compiled+mb32+offload",
+                                                   "rlif@compiled+layers+mb32+offload"]
     assert step.split_run("rlif@compiled+layers") == ("rlif", "compiled", {"compile_layers": True})
     assert step.split_run("rlif-length") == ("rlif-length", "dynamic", {})
     assert step.split_run("rlif@compiled+mb32+offload") == ("rlif", "compiled", {"micro_batch": 32, "reference_device": "offload"})

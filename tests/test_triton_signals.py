@@ -74,6 +74,24 @@ def test_triton_keeps_relative_precision_on_peaked_rows_and_ties(monkeypatch):
         assert torch.equal(out[3].cpu(), logits.max(-1).values)
 
 
+def test_triton_minus_inf_logits_weigh_nothing(monkeypatch):
+    """-inf logits (in whole tiles, a tile's middle, the ragged end): the log-prob and the entropy are those of the
+    other tokens (0 log 0 = 0), the self-certainty KL(U || p) is +inf, as the PyTorch path gives it."""
+    monkeypatch.setattr(triton_signals, "_block_size", lambda vocab, largest=4096: 16)
+    torch.manual_seed(0)
+    logits = torch.randn(3, 50) * 3
+    logits[0, [2, 30]] = -float("inf")
+    logits[1, 49] = -float("inf")
+    logits[2, :16] = -float("inf")
+    targets = torch.tensor([1, 3, 20])
+    for temperature in (1.0, 0.8):
+        out = triton_signals.forward(logits.to(device()), targets.to(device()), temperature, logprobs_only=False)
+        probs = torch.softmax(logits.double() / temperature, -1)
+        assert_close(out[0], probs.gather(1, targets[:, None]).squeeze(1).log(), rtol=1e-5)
+        assert torch.isinf(out[1]).all() and (out[1] > 0).all()
+        assert_close(out[2], torch.special.entr(torch.softmax(logits.double(), -1)).sum(-1), rtol=1e-5)
+
+
 def test_triton_reads_bf16_logits_without_a_float32_block():
     torch.manual_seed(3)
     logits = (torch.randn(6, 200) * 4).bfloat16()
@@ -131,4 +149,6 @@ def test_triton_kernels_compile_for_ampere_and_hopper_without_spilling():
         assert row["local_bytes"] == 0, row  # no register spills
     for row in forward:
         assert row["loop"]["barriers"] == 0 and row["loop"]["shuffles"] == 0, row
-        assert row["loop"]["exp2"] == (2 if row["tempered"] and row["signals"] else 1) * row["block"] // (32 * row["warps"]), row
+        # one exp per logit (two with signals at T != 1), and as many per lane of 8 logits for the rescale when its max moves
+        per_thread = row["block"] // (32 * row["warps"])
+        assert row["loop"]["exp2"] == (2 if row["tempered"] and row["signals"] else 1) * (per_thread + per_thread // 8), row

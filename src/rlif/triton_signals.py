@@ -1,18 +1,23 @@
 """Triton kernels for the token signals: one read of each logits row, no float32 logits block.
 
 `rlif.signals.hidden_signals(backend="triton")` (the default on CUDA when Triton imports) lets the matmul write a
-chunk's logits in the compute dtype (bf16 on GPU) and reduces each row in one pass. Each of a program's BLOCK lanes
-keeps its own online state over its elements (lane k reads k, k + BLOCK, ...):
+chunk's logits in the compute dtype (bf16 on GPU) and reduces each row in one pass. A row program reads BLOCK logits
+per iteration as LANES lanes of ELEMS = 8 consecutive logits (one 16-byte load of bf16 per lane), and each lane keeps
+its own online state over its elements:
 
-    m       the lane's running max;  rest = sum of exp(z - m) over the lane's elements but its max (the log1p trick
-            of rlif.signals, kept exact under rescaling: when the max moves from m to z, the old max becomes an
-            ordinary element, rest' = (rest + 1) exp(m - z))
-    dot     sum exp(z - m) (z - m)        (the max term is 0);  dot' = exp(m - z) (dot + (m - z)(rest + 1))
+    m       the lane's running max
+    rest    sum of exp(z - m) over the lane's elements below m (the log1p trick of rlif.signals: the max
+            elements, exp(0) = 1 each, are counted in `ties` instead, so a sum far below 1 keeps its precision)
+    ties    how many of the lane's elements equal m
+    dot     sum exp(z - m) (z - m)        (the max elements add 0)
     rest_t  as rest, for exp((z - m) / T)
     sum_z   sum of z
 
-and the lanes are combined once at the row max M after the loop (a lane's max joins the ordinary elements with
-weight exp(m - M), except one lane's at M), so the loop itself has no reduction across threads.
+When a tile moves a lane's max from m to m', its sums rescale once for the tile: rest' = (rest + ties) exp(m - m'),
+ties' = 0, dot' = exp(m - m') (dot + (m - m')(rest + ties)); then the tile's elements add exp(z - m'). The lanes are
+combined once at the row max M after the loop (a lane's max elements join the ordinary ones with weight
+exp(m - M), except one at M), so the loop has no reduction across threads. Exponentials are base 2 (`exp2`: one
+ex2.approx.ftz instruction each; a term below 2^-126 of the max flushes to 0).
 
 The backward kernel rebuilds softmax(z / T) = exp((z - max) / T - log_norm_t) from the saved row max and
 log-normalizer and writes (onehot - softmax) * g / T over the logits, in place.
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import torch
 from torch import Tensor
@@ -41,9 +47,53 @@ def available() -> bool:
 @functools.cache
 def _kernels():
     """Built on first use, so TRITON_INTERPRET set by a test before the first call takes effect."""
-    global triton, tl  # module globals: Triton's interpreter patches `tl` where the kernel looks it up
+    global triton, tl, exp2, _tile  # module globals: the interpreter looks names up there (and patches `tl` there)
     import triton
     import triton.language as tl
+
+    if os.environ.get("TRITON_INTERPRET") == "1":  # the interpreter runs no libdevice calls
+
+        @triton.jit
+        def exp2(x):
+            return tl.exp2(x)
+
+    else:  # ex2.approx.ftz: one instruction, where tl.exp adds range checks and rescales to keep subnormal results
+        from triton.language.extra.cuda import libdevice
+
+        exp2 = libdevice.exp2
+
+    @triton.jit
+    def _tile(m, rest, ties, dot, rest_t, sum_z, z, z_sum, inv_t_log2e,
+              WITH_SIGNALS: tl.constexpr, TEMPERED: tl.constexpr, NEED_REST: tl.constexpr):
+        """Each lane's state after its ELEMS new logits z (LANES, ELEMS); z_sum: the same with padding as 0.
+        Exponentials in base 2 (inv_t_log2e = log2(e) / T): each is then one instruction (ex2)."""
+        LOG2E: tl.constexpr = 1.4426950408889634
+        m_new = tl.maximum(m, tl.max(z, axis=1))  # (LANES,)
+        # The lane max moved: its old elements (the ties at the old max among them) rescale once per tile.
+        moved = m_new > m
+        ordinary = rest + ties  # sum exp(z - m) over the lane's elements so far, the max elements included
+        f = exp2((m - m_new) * LOG2E)  # 0 from -inf; unused where the max stayed
+        if WITH_SIGNALS:  # dot' = f (dot + (m - m') ordinary); nothing to rescale before the first finite element
+            dot = tl.where(moved, tl.where(m == -float("inf"), 0.0, f * (dot + (m - m_new) * ordinary)), dot)
+        if NEED_REST:
+            rest = tl.where(moved, ordinary * f, rest)
+        if TEMPERED:
+            rest_t = tl.where(moved, (rest_t + ties) * exp2((m - m_new) * inv_t_log2e), rest_t)
+        ties = tl.where(moved, 0.0, ties)
+        s = z - m_new[:, None]  # <= 0; exactly 0 at the elements equal to the lane max
+        at_max = z == m_new[:, None]  # the max elements count in `ties`, not in the exp sums: log1p's precision
+        if WITH_SIGNALS:
+            s = tl.maximum(s, -1e30)  # -inf logits: exp 0 and a finite product with it
+        if NEED_REST:
+            e = exp2(s * LOG2E)
+            rest += tl.sum(tl.where(at_max, 0.0, e), axis=1)
+        if TEMPERED:
+            rest_t += tl.sum(tl.where(at_max, 0.0, exp2(s * inv_t_log2e)), axis=1)
+        ties += tl.sum(tl.where(at_max, 1.0, 0.0), axis=1)
+        if WITH_SIGNALS:
+            dot += tl.sum(e * s, axis=1)
+            sum_z += tl.sum(z_sum, axis=1)
+        return m_new, rest, ties, dot, rest_t, sum_z
 
     @triton.jit
     def forward_kernel(
@@ -55,38 +105,38 @@ def _kernels():
         # so no Triton version has to fold boolean operators on constexprs).
         row = tl.program_id(0).to(tl.int64)
         base = logits_ptr + row * row_stride
-        # Each of the BLOCK lanes runs the recurrences over its own elements (lane k reads k, k + BLOCK, ...), with
-        # its own max; the lanes are combined once after the loop, so the loop is elementwise: no reduction across
-        # threads per tile, one read of each logit.
-        m = tl.full([BLOCK], -float("inf"), tl.float32)
-        rest = tl.zeros([BLOCK], tl.float32)
-        dot = tl.zeros([BLOCK], tl.float32)
-        rest_t = tl.zeros([BLOCK], tl.float32)
-        sum_z = tl.zeros([BLOCK], tl.float32)
-        for start in range(0, vocab, BLOCK):
-            offsets = start + tl.arange(0, BLOCK)
-            z = tl.load(base + offsets, mask=offsets < vocab, other=-float("inf")).to(tl.float32)
-            live = z > -float("inf")  # padding and -inf logits change nothing
-            d = z - m  # +inf at a lane's first finite element
-            new_max = live & (d > 0)
-            # exp(-|d|): the new element's weight (d <= 0), or the old max's rescale factor exp(m - z) (d > 0).
-            e = tl.exp(-tl.abs(d))
-            if WITH_SIGNALS:
-                # dot = sum exp(s) s, s = z - lane max; a moving max joins the old one (weight 1) and rescales.
-                moved = tl.where(m == -float("inf"), 0.0, e * (dot - d * (rest + 1.0)))
-                dot = tl.where(live, tl.where(new_max, moved, dot + e * d), dot)
-                sum_z += tl.where(live, z, 0.0)
-            if NEED_REST:
-                rest = tl.where(live, tl.where(new_max, (rest + 1.0) * e, rest + e), rest)  # first: (0 + 1) * 0
-            if TEMPERED:
-                e_t = tl.exp(-tl.abs(d) * inv_t)
-                rest_t = tl.where(live, tl.where(new_max, (rest_t + 1.0) * e_t, rest_t + e_t), rest_t)
-            m = tl.where(new_max, z, m)
+        # BLOCK logits per iteration: each of the LANES lanes reads ELEMS consecutive ones (one 16-byte load of bf16)
+        # and runs the recurrences over them with its own max, rescaling its sums once per tile when its max moves;
+        # the lanes are combined once after the loop, so the loop has no reduction across threads.
+        ELEMS: tl.constexpr = 8
+        LOG2E: tl.constexpr = 1.4426950408889634
+        LANES: tl.constexpr = BLOCK // ELEMS
+        offsets = tl.arange(0, LANES)[:, None] * ELEMS + tl.arange(0, ELEMS)[None, :]  # (LANES, ELEMS)
+        m = tl.full([LANES], -float("inf"), tl.float32)
+        rest = tl.zeros([LANES], tl.float32)  # sum exp(z - m) over the lane's elements below its max m
+        ties = tl.zeros([LANES], tl.float32)  # how many of its elements equal m (exp(0) = 1 each)
+        dot = tl.zeros([LANES], tl.float32)  # sum exp(z - m) (z - m)
+        rest_t = tl.zeros([LANES], tl.float32)  # as rest, for exp((z - m) / T)
+        sum_z = tl.zeros([LANES], tl.float32)
+        full = vocab - vocab % BLOCK
+        for start in range(0, full, BLOCK):  # whole tiles: no masks
+            z = tl.load(base + start + offsets).to(tl.float32)
+            m, rest, ties, dot, rest_t, sum_z = _tile(m, rest, ties, dot, rest_t, sum_z, z, z, inv_t * LOG2E,
+                                                     WITH_SIGNALS, TEMPERED, NEED_REST)
+        if full < vocab:  # the ragged end: padding reads as -inf (no weight) and adds 0 to sum_z
+            valid = full + offsets < vocab
+            z = tl.load(base + full + offsets, mask=valid, other=-float("inf")).to(tl.float32)
+            m, rest, ties, dot, rest_t, sum_z = _tile(m, rest, ties, dot, rest_t, sum_z, z, tl.where(valid, z, 0.0),
+                                                     inv_t * LOG2E, WITH_SIGNALS, TEMPERED, NEED_REST)
+        # Per lane, rest + ties - 1 is the sum over its elements but one max element (exact: ties is a whole number
+        # >= 1 wherever the lane saw a finite logit), the quantity the combination below works with.
+        rest = rest + (ties - 1.0)
+        rest_t = rest_t + (ties - 1.0)
         # Combine the lanes at the row max. Every lane's own max joins the ordinary elements (weight 1), except one
         # lane's at the row max: that one is the max term log1p leaves out.
         row_max = tl.max(m, axis=0)
-        lanes = tl.arange(0, BLOCK)
-        holder = tl.min(tl.where(m == row_max, lanes, BLOCK), axis=0)
+        lanes = tl.arange(0, LANES)
+        holder = tl.min(tl.where(m == row_max, lanes, LANES), axis=0)
         joins = tl.where(lanes == holder, 0.0, 1.0)
         has = m > -float("inf")
         shift = tl.where(has, m - row_max, 0.0)  # <= 0
@@ -132,8 +182,9 @@ def _kernels():
     return forward_kernel, backward_kernel
 
 
-# Lanes per row program and warps of the forward kernel; bench/signals.py (`fused#BLOCKxWARPS`) sets them to compare.
-# 1024 x 4: 13.9 ms against 14.6 ms for 2048 x 4 and 4096 x 8 at the issue's shape on an H100 (bench/results/h100-2026-11-26).
+# Logits per iteration of a row program and warps of the forward kernel; bench/signals.py (`fused#BLOCKxWARPS`) sets
+# them to compare. 1024 x 4 was the fastest of three for the previous (per-logit rescaling) kernel at the issue's shape
+# on an H100 (bench/results/h100-2026-11-26); the tiled kernel has not run on a GPU yet.
 FORWARD_LAUNCH = (1024, 4)
 
 

@@ -1,12 +1,14 @@
-"""The update's micro-batches: in row order vs grouped by length (`rlif.scoring.length_batches`, what training does).
+"""The update's micro-batches: in row order, grouped by length (`rlif.scoring.length_batches`, what training does) and
+filled to a token budget (train.micro_batch_tokens).
 
     python bench/update_batches.py                       # the README main job's first rollouts (testbed, CPU)
     python bench/update_batches.py --config CONFIG --rollouts 3 --rounds 3
 
 Samples `--rollouts` rollouts of one training step's shape from the config's model and prompts (prompts_per_step x
 group_size, the config's temperature and max_new_tokens), then runs the update's forward and backward over each
-rollout's micro-batches (train.micro_batch_size rows, trimmed of their padding as training trims them) both ways,
-alternating, `--rounds` times. Prints the token cells each way computes (rows x (longest prompt + longest response)
+rollout's micro-batches (train.micro_batch_size rows, trimmed of their padding as training trims them; by tokens: as
+many rows as fit the cells of micro_batch_size rows of the step's longest prompt and answer, the same memory bound)
+each way, alternating, `--rounds` times. Prints the token cells each way computes (rows x (longest prompt + longest response)
 per micro-batch, summed; deterministic) and the median time, with the ratio of each round against the row-order run of
 the same round. The loss is the training loss (`rlif.grpo.policy_loss`) with random advantages: the cost of a forward
 and backward does not depend on the values.
@@ -36,6 +38,13 @@ MAIN_JOB = Path(__file__).resolve().parent.parent / "configs" / "testbed" / "int
 
 def row_order(prompt_mask, response_mask, batch_size):
     return list(torch.arange(response_mask.shape[0]).split(batch_size))
+
+
+def by_tokens(prompt_mask, response_mask, batch_size):
+    """train.micro_batch_tokens at the budget that `batch_size` rows of the step's longest prompt and answer need:
+    no more memory than row batches at their worst."""
+    budget = batch_size * int(prompt_mask.sum(1).max() + response_mask.sum(1).max())
+    return length_batches(prompt_mask, response_mask, batch_size, max_tokens=budget)
 
 
 def update(signal_model, rollout, batches, advantages, temperature, compile_layers: bool = False) -> int:
@@ -75,7 +84,7 @@ def main(argv=None) -> dict:
     lengths = torch.cat([r.response_mask.sum(1) for r in rollouts]).float()
     advantages = [torch.randn(r.response_ids.shape[0], generator=torch.Generator().manual_seed(k)) for k, r in enumerate(rollouts)]
     size = config.train.micro_batch_size
-    ways = {"row order": row_order, "by length": length_batches}
+    ways = {"row order": row_order, "by length": length_batches, "by tokens": by_tokens}
     seconds = {name: [] for name in ways}
     cells = {}
     for round_index in range(args.rounds):
@@ -85,6 +94,7 @@ def main(argv=None) -> dict:
                               for r, a in zip(rollouts, advantages))
             seconds[name].append(time.perf_counter() - start)
     tokens = int(sum(r.response_mask.sum() + r.prompt_mask.sum() for r in rollouts))
+    forwards = {name: sum(len(way(r.prompt_mask, r.response_mask, size)) for r in rollouts) for name, way in ways.items()}
     print(f"\nupdate micro-batches: {args.config}, {args.rollouts} rollouts x {rollouts[0].response_ids.shape[0]} rows, "
           f"micro-batch {size}; response lengths {int(lengths.min())}-{int(lengths.max())} (mean {lengths.mean():.1f}); "
           f"{args.rounds} alternating rounds")
@@ -92,10 +102,11 @@ def main(argv=None) -> dict:
     rows = []
     for name in ways:
         ratio = statistics.median(a / b for a, b in zip(seconds[name], seconds["row order"]))
-        rows.append([name, f"{cells[name]:,}", f"{tokens / cells[name]:.2f}", f"{statistics.median(seconds[name]):.2f} s",
-                     f"{ratio:.2f}x"])
-    print(table(["micro-batches", "token cells computed", "real tokens / cells", "update time (median)", "time vs row order"], rows))
-    return {"tokens": tokens, "cells": cells, "seconds": seconds}
+        rows.append([name, str(forwards[name]), f"{cells[name]:,}", f"{tokens / cells[name]:.2f}",
+                     f"{statistics.median(seconds[name]):.2f} s", f"{ratio:.2f}x"])
+    print(table(["micro-batches", "forwards", "token cells computed", "real tokens / cells", "update time (median)",
+                 "time vs row order"], rows))
+    return {"tokens": tokens, "cells": cells, "seconds": seconds, "forwards": forwards}
 
 
 if __name__ == "__main__":

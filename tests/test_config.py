@@ -53,6 +53,9 @@ def test_string_override_is_kept_verbatim(tmp_path):
         ("rollout.top_p=0", "rollout.top_p = 0.0: expected a number in (0, 1]"),
         ("rollout.decode=fast", "rollout.decode = 'fast': expected one of 'dynamic', 'static', 'compiled'"),
         ("train.adam_betas=[0.9]", "train.adam_betas = [0.9]: expected two numbers in [0, 1)"),
+        ("train.micro_batch_tokens=-1", "train.micro_batch_tokens = -1: expected 0 (off) or a positive integer"),
+        ("train.micro_batch_tokens=3000", "train.micro_batch_tokens = 3000: expected 0 (off) or at least "
+         "data.max_prompt_tokens + rollout.max_new_tokens = 3584 (one sequence's longest)"),
     ],
 )
 def test_bad_values_name_the_field(tmp_path, override, message):

@@ -1,5 +1,6 @@
 """`rlif eval` / `rlif select` end to end on a tiny model and a tiny benchmark file: records, resume, run settings."""
 
+import contextlib
 import json
 
 import pytest
@@ -124,3 +125,24 @@ def test_eval_of_a_training_run_uses_its_prompt_settings(tmp_path, tiny_model_di
         model, tokenizer, prompts.records, prompts.rendered, MATH, max_new_tokens=5, eos_ids=eos_token_ids(tokenizer, model), greedy=True
     )
     assert [r["response"] for r in read_jsonl(out / "responses.jsonl")] == [r["response"] for r in direct]
+
+
+def test_evaluate_an_empty_share_of_the_problems_with_a_reference(tiny_model_dir, tokenizer):
+    """A process whose share of the eval problems is empty (fewer problems than processes) still enters the
+    reference's scope (under FSDP2 the others gather its parameters there) and returns no records."""
+    from rlif.answers import get_answer_format
+    from rlif.evaluate import evaluate
+    from rlif.models import load_model
+    from rlif.scoring import SignalModel
+
+    model = load_model(str(tiny_model_dir)).eval()
+    entered = []
+
+    @contextlib.contextmanager
+    def reference():
+        entered.append(True)
+        yield SignalModel(model)
+
+    result = evaluate(model, tokenizer, [], [], get_answer_format("arithmetic"), max_new_tokens=4,
+                      eos_ids=[tokenizer.eos_token_id], num_samples=2, reference=reference)
+    assert result.records == [] and entered == [True, True]  # the greedy and the sampled pass

@@ -126,3 +126,19 @@ def test_length_batches_group_rows_of_similar_length():
 
     assert cells([b.tolist() for b in batches]) == 2 * 13 + 2 * 5 + 1 * 3  # 39 cells for 34 tokens
     assert cells([[0, 1], [2, 3], [4]]) == 2 * 13 + 2 * 12 + 3  # in row order: 53
+
+
+def test_length_batches_by_token_budget_fill_each_batch_up_to_it():
+    """With max_tokens, rows (longest first) join a batch while rows x (longest prompt + longest response) fits;
+    derived by hand for prompts 3, 3, 3, 3, 2 and responses 10, 1, 9, 2, 1 (longest first: rows 0, 2, 3, 1, 4)."""
+    from rlif.scoring import length_batches
+
+    prompt_lengths, response_lengths = [3, 3, 3, 3, 2], [10, 1, 9, 2, 1]
+    prompt_mask = torch.tensor([[0] * (3 - p) + [1] * p for p in prompt_lengths])
+    response_mask = torch.tensor([[1] * r + [0] * (10 - r) for r in response_lengths])
+    # 26: rows 0 and 2 take 2 x 13; row 3 would make 3 x 13. Then rows 3, 1, 4: 3 x (3 + 2) = 15 <= 26.
+    assert [b.tolist() for b in length_batches(prompt_mask, response_mask, 1, max_tokens=26)] == [[0, 2], [3, 1, 4]]
+    # 13: one row of 13 each, then 13 // 5 = 2 rows of width 5, and row 4 (width 3 alone: 4 fits no further row)
+    assert [b.tolist() for b in length_batches(prompt_mask, response_mask, 1, max_tokens=13)] == [[0], [2], [3, 1], [4]]
+    # 12: row 0 (13 tokens) is longer than the budget alone, and still gets a batch of its own
+    assert [b.tolist() for b in length_batches(prompt_mask, response_mask, 1, max_tokens=12)] == [[0], [2], [3, 1], [4]]

@@ -120,6 +120,26 @@ def test_resume_after_kill_repeats_the_uninterrupted_run(tmp_path, tiny_model_di
     assert comparable(read_jsonl(metrics_file)) == expected
 
 
+def test_a_run_resumes_with_other_batching_and_memory_settings(tmp_path, tiny_model_dir, addition_data, capsys):
+    """A run that ran out of memory resumes with smaller micro-batches (here a token budget instead of 6 rows) and other
+    memory settings; the loss is a token mean over the step, so it continues as the straight run to float rounding."""
+    straight = tiny_config(tmp_path, tiny_model_dir, addition_data, name="straight", train={"steps": 4})
+    train(load_config(straight))
+    expected = read_jsonl(tmp_path / "straight" / "metrics.jsonl")
+    config_path = tiny_config(tmp_path, tiny_model_dir, addition_data, name="other", train={"steps": 4})
+    train(load_config(config_path))
+    shutil.rmtree(tmp_path / "other" / "checkpoints" / "step_000004")  # as if it had stopped after step 3
+    changed = ["train.micro_batch_tokens=530", "train.score_batch_size=3", "train.chunk_tokens=7", "rollout.generation_batch_size=8"]
+    assert main(["train", str(config_path), "run.resume=true", *changed]) == 0
+    assert "with changed settings: rollout.generation_batch_size (saved 16, now 8); train.chunk_tokens (saved 2048, now 7)" in capsys.readouterr().out
+    resumed = read_jsonl(tmp_path / "other" / "metrics.jsonl")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for got, want in zip(resumed[2:], expected[2:]):
+        for key, value in want.items():
+            if not key.startswith("time/"):
+                assert got[key] == pytest.approx(value, rel=1e-3, abs=1e-6), key
+
+
 def test_kill_during_checkpoint_save_keeps_the_previous_one(tmp_path, tiny_model_dir, addition_data, monkeypatch):
     config_path = tiny_config(tmp_path, tiny_model_dir, addition_data)
     train(load_config(config_path))

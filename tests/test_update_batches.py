@@ -39,16 +39,20 @@ def test_grouping_by_length_leaves_the_step_gradient_as_it_was(tiny_model_dir, t
     in_order = list(torch.arange(12).split(5))
     assert sorted(torch.cat(by_length).tolist()) == list(range(12))
     assert [b.tolist() for b in by_length] != [b.tolist() for b in in_order]
+    by_tokens = length_batches(rollout.prompt_mask, rollout.response_mask, 5, max_tokens=60)  # train.micro_batch_tokens
+    assert sorted(torch.cat(by_tokens).tolist()) == list(range(12)) and [len(b) for b in by_tokens] != [len(b) for b in by_length]
     expected = step_gradient(signal_model, rollout, in_order, advantages)
-    got = step_gradient(signal_model, rollout, by_length, advantages)
-    for name in expected:
-        # float32 sums in another order: equal to ~1e-5 of the largest entry (about 1 here)
-        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=2e-5, msg=name)
+    for batches in (by_length, by_tokens):
+        got = step_gradient(signal_model, rollout, batches, advantages)
+        for name in expected:
+            # float32 sums in another order: equal to ~1e-5 of the largest entry (about 1 here)
+            torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=2e-5, msg=name)
 
 
 def test_update_batches_bench_runs_and_computes_fewer_cells_by_length():
     result = load_bench().main(["--rollouts", "1", "--rounds", "1"])  # the main job's model and its first rollout
     assert result["tokens"] <= result["cells"]["by length"] < result["cells"]["row order"]
+    assert result["forwards"]["by tokens"] <= result["forwards"]["by length"] == result["forwards"]["row order"]
     assert all(len(times) == 1 and times[0] > 0 for times in result["seconds"].values())
 
 

@@ -143,6 +143,8 @@ class TrainConfig:
     """eps in (r - mean_group) / (std_group + eps)."""
     micro_batch_size: int = 8
     """Sequences per forward/backward of the update (gradient accumulation over the step's batch)."""
+    micro_batch_tokens: int = 0
+    """0: micro-batches of micro_batch_size sequences. > 0: each micro-batch of the update takes as many sequences (longest first) as fit this many token positions once trimmed of padding (sequences x (longest prompt + longest response) among them), so batches of short answers hold more of them; at least data.max_prompt_tokens + rollout.max_new_tokens."""
     score_batch_size: int = 16
     """Sequences per no-grad forward of the reference model (its log-probs for the KL term)."""
     chunk_tokens: int = 2048
@@ -153,6 +155,7 @@ class TrainConfig:
     def validate(self) -> None:
         for name in ("prompts_per_step", "micro_batch_size", "score_batch_size", "chunk_tokens"):
             _require(getattr(self, name) >= 1, f"train.{name}", getattr(self, name), "a positive integer")
+        _require(self.micro_batch_tokens >= 0, "train.micro_batch_tokens", self.micro_batch_tokens, "0 (off) or a positive integer")
         _require(self.steps >= 0, "train.steps", self.steps, "0 (use epochs) or a positive integer")
         _require(self.epochs > 0, "train.epochs", self.epochs, "a positive number")
         _require(self.lr > 0, "train.lr", self.lr, "a positive number")
@@ -234,7 +237,7 @@ class RunConfig:
     output_dir: str = "runs/intuitor"
     """Run directory: resolved config, metrics.jsonl, samples, checkpoints, plots."""
     resume: bool = False
-    """Continue from the latest complete checkpoint in output_dir (the config must match the saved one)."""
+    """Continue from the latest complete checkpoint in output_dir (the config must match the saved one but for batching and memory settings, see the README)."""
     overwrite: bool = False
     """Allow starting a fresh run in a non-empty output_dir (its old files are deleted)."""
     save_every: int = 50
@@ -279,6 +282,10 @@ class Config:
     def validate(self) -> "Config":
         for section in dataclasses.fields(self):
             getattr(self, section.name).validate()
+        longest = self.data.max_prompt_tokens + self.rollout.max_new_tokens
+        _require(self.train.micro_batch_tokens == 0 or self.train.micro_batch_tokens >= longest,
+                 "train.micro_batch_tokens", self.train.micro_batch_tokens,
+                 f"0 (off) or at least data.max_prompt_tokens + rollout.max_new_tokens = {longest} (one sequence's longest)")
         return self
 
     def to_dict(self) -> dict[str, Any]:

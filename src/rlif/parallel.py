@@ -82,6 +82,25 @@ def loss_scale(accelerator) -> float:
     return float(accelerator.num_processes)
 
 
+def same_batch_count(accelerator, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+    """This process's micro-batches, split until every process has as many as the one with the most: under FSDP2
+    each forward gathers the parameters from all processes, so all must run the same number (token-budget batches,
+    `train.micro_batch_tokens`, differ in number where the processes' answers differ in length)."""
+    if accelerator.num_processes == 1:
+        return batches
+    most = int(accelerator.reduce(torch.tensor(len(batches), device=accelerator.device), "max"))
+    return split_largest(batches, most)
+
+
+def split_largest(batches: list[torch.Tensor], count: int) -> list[torch.Tensor]:
+    """`batches` with the largest one split in two halves, in place of it, until there are `count` (at most the rows)."""
+    batches = list(batches)
+    while len(batches) < count:
+        largest = max(range(len(batches)), key=lambda i: len(batches[i]))
+        batches[largest : largest + 1] = batches[largest].tensor_split(2)
+    return batches
+
+
 def init_fsdp_root(accelerator, signal_model) -> None:
     """FSDP2 takes the first module that runs forward as its root; sampling calls the inner LM (a child),
     so one tiny no-grad forward through the real root comes first."""

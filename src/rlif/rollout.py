@@ -153,7 +153,7 @@ def generate_rollout(
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    width = max(len(s) for s in sequences)
+    width = max((len(s) for s in sequences), default=0)  # none: a process whose share of the problems is empty
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros(len(sequences), width, dtype=torch.long)
     for i, s in enumerate(sequences):
@@ -163,7 +163,7 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
 
 
 def right_pad(sequences: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    width = max(1, max(len(s) for s in sequences))
+    width = max(1, max((len(s) for s in sequences), default=0))
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros(len(sequences), width, dtype=torch.long)
     for i, s in enumerate(sequences):

@@ -98,12 +98,27 @@ def _scatter_rows(values: Tensor, rows: Tensor) -> Tensor:
     return out.masked_scatter(rows, values)
 
 
-def length_batches(prompt_mask: Tensor, response_mask: Tensor, batch_size: int) -> list[Tensor]:
-    """Row indices in batches of `batch_size`, longest rows first: a batch trimmed of its padding (`trim_padding`)
-    then carries little, where batches in row order pad every row to the longest response among them."""
-    lengths = prompt_mask.sum(1) + response_mask.sum(1)  # (B,)
-    order = torch.sort(lengths, descending=True, stable=True).indices
-    return list(order.split(batch_size))
+def length_batches(prompt_mask: Tensor, response_mask: Tensor, batch_size: int, max_tokens: int = 0) -> list[Tensor]:
+    """Row indices in batches, longest rows first: a batch trimmed of its padding (`trim_padding`) then carries
+    little, where batches in row order pad every row to the longest response among them.
+
+    Batches of `batch_size` rows; with `max_tokens` > 0 instead as many rows as fit `max_tokens` token cells once
+    trimmed (rows x (longest prompt + longest response) among them), so short rows share a batch in larger numbers
+    (a row longer than that on its own gets a batch of its own).
+    """
+    prompt_lengths, response_lengths = prompt_mask.sum(1), response_mask.sum(1)  # (B,)
+    order = torch.sort(prompt_lengths + response_lengths, descending=True, stable=True).indices
+    if max_tokens <= 0:
+        return list(order.split(batch_size)) if len(order) else []
+    batches, rows, width = [], [], (0, 0)
+    for row, p, r in zip(order.tolist(), prompt_lengths[order].tolist(), response_lengths[order].tolist()):
+        grown = (max(width[0], p, 1), max(width[1], r, 1))  # trim_padding keeps at least one column of each
+        if rows and (len(rows) + 1) * sum(grown) > max_tokens:
+            batches.append(torch.tensor(rows))
+            rows, grown = [], (max(p, 1), max(r, 1))
+        rows.append(row)
+        width = grown
+    return batches + [torch.tensor(rows)] if rows else batches
 
 
 @torch.no_grad()

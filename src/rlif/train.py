@@ -57,6 +57,7 @@ from rlif.parallel import (
     loss_scale,
     model_state_dict,
     optimizer_state_dict,
+    same_batch_count,
     sampling_model,
 )
 from rlif.rewards import build_reward, compute_reward
@@ -71,8 +72,14 @@ class TrainingDiverged(RuntimeError):
     """A loss, reward or gradient became NaN/inf; the run stopped before the bad update."""
 
 
-# Config fields that may differ between a run and its resumption.
-_RESUMABLE_DIFFERENCES = {"run.resume", "run.overwrite", "run.progress", "run.report_to"}
+# Config fields that may differ between a run and its resumption: how it runs, not what it computes (the batching and
+# memory settings change only the order of float additions; a run that ran out of memory resumes with smaller ones).
+_RESUMABLE_DIFFERENCES = {
+    "run.resume", "run.overwrite", "run.progress", "run.report_to",
+    "train.micro_batch_size", "train.micro_batch_tokens", "train.score_batch_size", "train.chunk_tokens",
+    "rollout.generation_batch_size", "rollout.decode",
+    "model.gradient_checkpointing", "model.compile_layers", "model.reference_device",
+}
 
 
 @dataclass
@@ -133,9 +140,12 @@ def prepare_run_dir(config: Config, accelerator) -> Path:
         if not saved.exists():
             raise ConfigError(f"config field run.resume = True: {run_dir} holds no run (no config.yaml) to resume")
         differences = _config_differences(yaml.safe_load(saved.read_text()), config.to_dict())
-        differences = [d for d in differences if d.split(" ")[0] not in _RESUMABLE_DIFFERENCES]
-        if differences:
-            raise ConfigError(f"cannot resume {run_dir}: the config differs from the saved one: " + "; ".join(differences))
+        refused = [d for d in differences if d.split(" ")[0] not in _RESUMABLE_DIFFERENCES]
+        if refused:
+            raise ConfigError(f"cannot resume {run_dir}: the config differs from the saved one: " + "; ".join(refused))
+        changed = [d for d in differences if not d.startswith("run.")]
+        if changed:
+            accelerator.print(f"resuming {run_dir} with changed settings: " + "; ".join(changed))
         return run_dir
     if run_dir.exists() and any(run_dir.iterdir()):
         if not config.run.overwrite:
@@ -303,9 +313,11 @@ def train(config: Config) -> Path:
         # ---- 5. update: PPO-clip + beta * KL, token mean over the whole step -------------------
         signal_model.train()
         total_tokens = accelerator.reduce(rollout.response_mask.sum().to(accelerator.device), "sum").item()
-        # rows of similar length together; the loss is a token mean over the whole step, so the grouping changes the
-        # gradient only by the order of float additions
-        micro_batches = length_batches(rollout.prompt_mask, rollout.response_mask, cfg_train.micro_batch_size)
+        # rows of similar length together (by count or by a token budget); the loss is a token mean over the whole step,
+        # so the grouping changes the gradient only by the order of float additions
+        micro_batches = length_batches(rollout.prompt_mask, rollout.response_mask, cfg_train.micro_batch_size,
+                                       cfg_train.micro_batch_tokens)
+        micro_batches = same_batch_count(accelerator, micro_batches)  # FSDP2: as many forwards on every process
         try:
             sums = accumulate_gradients(  # loss, policy loss, kl, clipped tokens, tokens
                 signal_model, rollout, advantages, micro_batches, total_tokens=total_tokens, device=accelerator.device,

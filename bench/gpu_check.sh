@@ -8,7 +8,7 @@
 # start (about 1.5 minutes), so run them as calls on the warm machine, issued at once one after the other (the machine
 # goes back after 30 s idle), in this order of importance (device tool, carry [".whl"]):
 #     TESTS="tests/test_gpu.py tests/test_triton_signals.py" bash bench/gpu_check.sh tests signals   # about 100 + 120 s
-#     bash bench/gpu_check.sh step              # timeout_s 600; about 4 x ~85 s
+#     bash bench/gpu_check.sh step              # timeout_s 600; about 5 x ~85 s
 #     bash bench/gpu_check.sh profile           # with what is left (about 200 s)
 #     bash bench/gpu_check.sh rollout           # next (about 150-200 s)
 #     bash bench/gpu_check.sh train             # at most 200 s: 1.5B steps and the micro-batch probe
@@ -69,7 +69,8 @@ want rollout && stage rollout 200 python3 bench/rollout.py --gpu-shape --rounds 
 #   run of 2026-11-26 had rlif@compiled (micro-batch 8, reference on the GPU): 1.66x TRL at 1.21x its memory.
 #   TRL's self-certainty-by-extra-forward run (trl+sc) was measured in the first lease; add it with RUNS=... to repeat.
 RLIF_RUNS=rlif-length@compiled+mb32+offload,rlif@compiled+mb32+offload,rlif@compiled+layers+mb32+offload
-if [ "$HAVE_TRL" = 1 ]; then DEFAULT_RUNS=trl,$RLIF_RUNS; else DEFAULT_RUNS=$RLIF_RUNS; echo "trl not importable: TRL runs skipped"; fi
+# trl+mb32 (last: a stage cut short keeps the others) is TRL at rlif's micro-batch, for the record.
+if [ "$HAVE_TRL" = 1 ]; then DEFAULT_RUNS=trl,$RLIF_RUNS,trl+mb32; else DEFAULT_RUNS=$RLIF_RUNS; echo "trl not importable: TRL runs skipped"; fi
 RUNS=${RUNS:-$DEFAULT_RUNS}
 want step && stage step 480 python3 bench/step.py --gpu-shape --rounds 1 --steps 2 --runs "$RUNS" --json "$OUT/step.json"
 # profile: where the update's time goes (5.6 of 9.8 s per step on an H100): micro-batch sizes, checkpointing, bf16

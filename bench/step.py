@@ -21,7 +21,7 @@ A suffix picks rlif's decode loop (rollout.decode; default dynamic): rlif@compil
 and CUDA graphs, for GPUs), rlif@static. Then any of: `+layers` compiles the update's decoder layers
 (model.compile_layers), `+offload` keeps the frozen reference in CPU memory between its passes
 (model.reference_device: offload), `+mb<rows>` sets rlif's micro-batch (update and reference pass) instead of
---micro-batch: rlif@compiled+layers+mb32.
+--micro-batch: rlif@compiled+layers+mb32. A TRL run takes +mb<rows> too (per_device_train_batch_size): trl+mb32.
 Step time is the median over steps 2..S (step 1 warms up); completion tokens/s = completion tokens / step time.
 Peak memory: CUDA max_memory_allocated over the run; on CPU the peak resident set size during the run minus the
 resident set size after imports (both trainers then hold the same model, reference and optimizer).
@@ -96,7 +96,7 @@ def run_rlif(args, work: Path, reward: str, decode: str, compile_layers: bool = 
             "phases": {phase: [m[f"time/{phase}_s"] for m in steps] for phase in PHASES}}
 
 
-def run_trl(args, work: Path, with_self_certainty: bool) -> dict:
+def run_trl(args, work: Path, with_self_certainty: bool, micro_batch: int | None = None) -> dict:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -109,10 +109,11 @@ def run_trl(args, work: Path, with_self_certainty: bool) -> dict:
         [{"prompt": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": q}]} for q in questions]
     )
     gpu = torch.cuda.is_available()
+    micro_batch = micro_batch or args.micro_batch
     config = GRPOConfig(
         output_dir=str(work / f"trl-{time.time_ns()}"),
-        per_device_train_batch_size=args.micro_batch,
-        gradient_accumulation_steps=args.prompts * args.group // args.micro_batch,
+        per_device_train_batch_size=micro_batch,  # x the accumulation steps: the step's rows, generated at once
+        gradient_accumulation_steps=args.prompts * args.group // micro_batch,
         num_generations=args.group,
         max_completion_length=args.tokens,
         temperature=0.9, top_p=1.0, top_k=0,
@@ -125,7 +126,7 @@ def run_trl(args, work: Path, with_self_certainty: bool) -> dict:
     holder: dict = {}
     rewards = [trl_completion_length]
     if with_self_certainty:
-        rewards = [trl_self_certainty(holder, tokenizer, args.micro_batch)]
+        rewards = [trl_self_certainty(holder, tokenizer, micro_batch)]
         rewards[0].__name__ = "self_certainty"
 
     step_times: list[float] = []
@@ -161,12 +162,10 @@ def worker(args) -> dict:
         torch.cuda.reset_peak_memory_stats()
     reset_peak_rss()
     before = current_rss_bytes()
-    if args.worker == "trl":
-        result = run_trl(args, work, with_self_certainty=False)
-    elif args.worker == "trl+sc":
-        result = run_trl(args, work, with_self_certainty=True)
+    name, decode, options = split_run(args.worker)
+    if name.startswith("trl"):
+        result = run_trl(args, work, with_self_certainty=name == "trl+sc", **options)
     else:
-        name, decode, options = split_run(args.worker)
         reward = "step_rewards:response_length" if name == "rlif-length" else "self_certainty"
         result = run_rlif(args, work, reward, decode, **options)
     result["peak_bytes"] = torch.cuda.max_memory_allocated() if gpu else peak_rss_bytes() - before
@@ -174,13 +173,15 @@ def worker(args) -> dict:
 
 
 def split_run(run: str) -> tuple[str, str, dict]:
-    """(name, rlif decode, rlif overrides) of an rlif run:
-    `rlif@compiled+layers+mb16` -> ("rlif", "compiled", {"compile_layers": True, "micro_batch": 16})."""
+    """(name, rlif decode, overrides) of a run: `rlif@compiled+layers+mb16` -> ("rlif", "compiled",
+    {"compile_layers": True, "micro_batch": 16}); `trl+sc+mb32` -> ("trl+sc", "dynamic", {"micro_batch": 32})."""
     head, *extras = run.split("+")
     name, _, decode = head.partition("@")
     options = {}
     for extra in extras:
-        if extra == "layers":
+        if extra == "sc" and name == "trl":
+            name = "trl+sc"
+        elif extra == "layers":
             options["compile_layers"] = True
         elif extra == "offload":
             options["reference_device"] = "offload"
@@ -195,13 +196,12 @@ def parse_runs(text: str) -> list[str]:
     """The comma-separated --runs, checked (bench/gpu_check.sh's list is tested against this)."""
     runs = text.split(",")
     for run in runs:
-        if run in ("trl", "trl+sc"):
-            continue
-        name, decode, _ = split_run(run)
-        if not name.startswith("rlif") or name not in RUNS or decode not in DECODE_MODES:
+        name, decode, options = split_run(run)
+        trl_ok = not name.startswith("trl") or ("@" not in run and set(options) <= {"micro_batch"})
+        if name not in RUNS or decode not in DECODE_MODES or not trl_ok:
             raise ValueError(f"--runs: unknown run {run!r}: expected {', '.join(RUNS)}; an rlif run may add @static or "
                              "@compiled (rollout.decode), then +layers (model.compile_layers), +offload (the reference in "
-                             "CPU memory, model.reference_device) and +mb<rows> (its micro-batch size)")
+                             "CPU memory, model.reference_device) and +mb<rows> (its micro-batch size); a TRL run +mb<rows>")
     return runs
 
 
@@ -292,6 +292,13 @@ def main(argv=None):
     if base:
         headers += ["tokens/s vs trl", "memory vs trl"]
     print(table(headers, rows))
+    if base:
+        for run in runs:
+            if run.startswith("rlif"):
+                speed = med(run, "tokens_per_s") / med(base, "tokens_per_s")
+                memory = max(results[run]["peak"]) / max(results[base]["peak"])
+                verdict = "met" if speed >= 2 and memory <= 1 else "not met"
+                print(f"goal >= 2x TRL's completion tokens/s at <= its peak memory, {run}: {verdict} ({speed:.2f}x at {memory:.2f}x)")
     for run in runs:
         if results[run]["generate"]:
             print(f"{run} phases (median s): " + ", ".join(f"{phase} {med(run, phase):.2f}" for phase in PHASES))

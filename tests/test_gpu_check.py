@@ -47,13 +47,17 @@ def test_the_gpu_script_asks_the_benchmarks_for_what_they_know():
     (variants,) = re.findall(r"--variants (\S+)", script)
     assert "fused@2048#2048x4" in load_bench("signals").parse_variants(variants)
     (rlif_runs,) = re.findall(r"^RLIF_RUNS=(\S+)$", script, flags=re.MULTILINE)
+    (default_runs,) = re.findall(r"DEFAULT_RUNS=(trl\S+);", script)
     step = load_bench("step")
+    assert step.parse_runs(default_runs.replace("$RLIF_RUNS", rlif_runs))[-1] == "trl+mb32"
     assert step.parse_runs("trl," + rlif_runs) == ["trl", "rlif-length@compiled+mb32+offload", "rlif@compiled+mb32+offload",
                                                    "rlif@compiled+layers+mb32+offload"]
     assert step.split_run("rlif@compiled+layers") == ("rlif", "compiled", {"compile_layers": True})
     assert step.split_run("rlif-length") == ("rlif-length", "dynamic", {})
     assert step.split_run("rlif@compiled+mb32+offload") == ("rlif", "compiled", {"micro_batch": 32, "reference_device": "offload"})
-    for bad in ("trl@compiled", "trl+layers", "trl+sc+mb4", "rlif@fast", "rlif+layers@compiled", "rlif+mb0", "rlif+mbx", "rlif+fast"):
+    assert step.split_run("trl+sc+mb4") == ("trl+sc", "dynamic", {"micro_batch": 4})
+    for bad in ("trl@compiled", "trl+layers", "trl+offload", "rlif+sc", "rlif@fast", "rlif+layers@compiled", "rlif+mb0",
+                "rlif+mbx", "rlif+fast"):
         with pytest.raises(ValueError, match=f"unknown run '{re.escape(bad)}'"):
             step.parse_runs(bad)
     with pytest.raises(ValueError, match="unknown variant 'fused#4096'"):

@@ -159,3 +159,25 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 def gib(num_bytes: float) -> str:
     return f"{num_bytes / 2**30:.2f} GiB" if num_bytes >= 2**28 else f"{num_bytes / 2**20:.0f} MiB"
+
+
+def profile_call(fn, device: torch.device, top: int = 15) -> dict:
+    """One call of `fn` under torch.profiler: wall seconds, the operators the host issued (top-level aten calls), and
+    on a GPU the summed CUDA kernel seconds (against the wall time: near 100% means kernel-bound, low means the host
+    issuing kernels is the limit) and the top kernels as table rows."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    sync()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        start = time.perf_counter()
+        fn()
+        sync()
+        wall = time.perf_counter() - start
+    events = prof.events()
+    operators = sum(1 for e in events if e.name.startswith("aten::") and not (e.cpu_parent and e.cpu_parent.name.startswith("aten::")))
+    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
+    kernels.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    return {"wall": wall, "operators": operators, "kernel_s": sum(e.self_device_time_total for e in kernels) / 1e6,
+            "top": [[e.key[:70], str(e.count), f"{e.self_device_time_total / 1e3:.1f} ms", f"{e.self_device_time_total / 1e6 / wall:.1%}"]
+                    for e in kernels[:top]]}

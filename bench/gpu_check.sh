@@ -60,8 +60,10 @@ want signals && stage signals 200 python3 bench/signals.py --preset issue --roun
 #   1,024-token responses. About 190 s (the first step warms up: 83 s, the second 41 s).
 want train && stage train 200 python3 bench/gpu_check.py --prompts 8 --steps 2 --time-budget 90 --output "$OUT/train.json"
 # rollout: random-init Qwen2.5-0.5B, 16 prompts x G=8 x 256 tokens; HF generate dynamic and static cache, rlif's
-#   dynamic, static and compiled decode (both static-cache variants compile in their warm-up).
-want rollout && stage rollout 200 python3 bench/rollout.py --gpu-shape --rounds 1 --static
+#   dynamic, static and compiled decode (both static-cache variants compile in their warm-up); then one compiled
+#   rollout under torch.profiler: ms per decode step, GPU busy share, top kernels (where the step's generate phase of
+#   2.4-3.1 s goes: the weights and KV cache read per step need about 1.5 ms of it).
+want rollout && stage rollout 240 python3 bench/rollout.py --gpu-shape --rounds 1 --static --profile rlif-compiled
 # step: one training step vs TRL's GRPOTrainer at the same shape (TRL runs need the carried wheels). About 60-85 s a run.
 #   rlif runs with the compiled decode (rollout.decode: compiled; step 1, not timed, compiles), micro-batches of 32
 #   rows (update and reference pass) and the reference in pinned CPU memory between its passes

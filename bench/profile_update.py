@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_model, device_name, gib, table, timed, versions  # noqa: E402
+from common import build_model, device_name, gib, profile_call, table, timed, versions  # noqa: E402
 from update_batches import update  # noqa: E402
 
 from rlif.models import enable_activation_checkpointing  # noqa: E402
@@ -77,29 +77,6 @@ def run_update(signal_model, rollout, micro_batch: int, advantages, compiled: bo
 
 def peak_memory(device: torch.device) -> str:
     return gib(torch.cuda.max_memory_allocated()) if device.type == "cuda" else "n/a"
-
-
-def profile_update(fn, device: torch.device, top: int) -> dict:
-    """One call of `fn` under torch.profiler: wall seconds, the operators the host issued (top-level aten calls), and
-    on a GPU the summed CUDA kernel seconds and the top kernels."""
-    from torch.profiler import ProfilerActivity, profile
-
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
-        start = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        wall = time.perf_counter() - start
-    events = prof.events()
-    operators = sum(1 for e in events if e.name.startswith("aten::") and not (e.cpu_parent and e.cpu_parent.name.startswith("aten::")))
-    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
-    kernels.sort(key=lambda e: e.self_device_time_total, reverse=True)
-    return {"wall": wall, "operators": operators, "kernel_s": sum(e.self_device_time_total for e in kernels) / 1e6,
-            "top": [[e.key[:70], str(e.count), f"{e.self_device_time_total / 1e3:.1f} ms", f"{e.self_device_time_total / 1e6 / wall:.1%}"]
-                    for e in kernels[:top]]}
 
 
 def optimizer_steps(signal_model, device: torch.device, repeats: int) -> list[list[str]]:
@@ -178,7 +155,7 @@ def main(argv=None) -> dict:
             print("\noptimizer step (clip + AdamW) over the base model's parameters:")
             print(table(["AdamW", "time (median)", "peak memory above the held state"], optimizer_steps(signal_model, device, args.repeats)))
             try:
-                profiled = profile_update(call, device, args.top)
+                profiled = profile_call(call, device, args.top)
                 micro_batches = -(-args.rows // chosen["micro_batch"])
                 print(f"\nbase update under torch.profiler: wall {profiled['wall']:.2f} s, {profiled['operators']:,} operators issued "
                       f"({profiled['operators'] // micro_batches:,} per micro-batch)")

@@ -26,7 +26,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_model, device_name, load_prompts, load_tokenizer, sync, table, versions  # noqa: E402
+from common import build_model, device_name, load_prompts, load_tokenizer, profile_call, sync, table, versions  # noqa: E402
+
+
+VARIANTS = ["hf-generate", "rlif", "rlif-no-signals", "rlif-static", "hf-generate-static", "rlif-compiled"]  # the last two: --static
 
 
 def hf_generate(model, tokenizer, texts, args, static=False):
@@ -67,6 +70,10 @@ def main(argv=None):
     parser.add_argument("--temperature", type=float, default=0.9)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--static", action="store_true", help="also time the compiled paths: generate with the static cache, rlif-compiled (first calls compile)")
+    parser.add_argument("--profile", default=None, choices=VARIANTS,
+                        help="after the rounds, one call of VARIANT under torch.profiler: operators issued per new token "
+                             "and, on a GPU, the share of the wall time spent in kernels and the top kernels")
+    parser.add_argument("--top", type=int, default=12, help="kernels listed by --profile")
     args = parser.parse_args(argv)
     gpu = torch.cuda.is_available()
     defaults = dict(model="qwen2.5-0.5b", prompts=16, group=8, tokens=256) if args.gpu_shape else dict(model="cpu-tiny", prompts=4, group=4, tokens=64)
@@ -88,6 +95,8 @@ def main(argv=None):
     if args.static:
         variants["hf-generate-static"] = lambda: hf_generate(model, tokenizer, texts, args, static=True)
         variants["rlif-compiled"] = lambda: rlif_sample(model, tokenizer, prompt_ids, args, decode="compiled")
+    if args.profile is not None and args.profile not in variants:
+        parser.error(f"--profile {args.profile} is timed only with --static")
     # Warm-up (kernels, allocator pools; the static cache compiles here): not timed.
     for name, fn in variants.items():
         start = time.perf_counter()
@@ -117,6 +126,16 @@ def main(argv=None):
         rate = statistics.median(t / s for s, t in runs)
         rows.append([name, f"{seconds:.2f} s", f"{rate:.0f}", f"{rate / base:.2f}x"])
     print(table(["variant", "time (median)", "completion tokens/s", "vs hf-generate"], rows))
+    if args.profile:
+        with torch.no_grad():
+            profiled = profile_call(variants[args.profile], device, args.top)
+        steps = args.tokens  # decode steps of one call (every row runs to the end on a random-init model)
+        print(f"\n{args.profile} under torch.profiler: wall {profiled['wall']:.2f} s ({profiled['wall'] / steps * 1e3:.1f} ms per "
+              f"decode step), {profiled['operators']:,} operators issued ({profiled['operators'] / steps:.0f} per step)")
+        if device.type == "cuda":
+            busy = profiled["kernel_s"]
+            print(f"CUDA kernels {busy:.2f} s: GPU busy {busy / profiled['wall']:.0%} of the wall time")
+            print(table(["kernel", "calls", "time", "share of wall"], profiled["top"]))
     return 0
 
 

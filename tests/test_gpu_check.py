@@ -62,3 +62,14 @@ def test_the_gpu_script_asks_the_benchmarks_for_what_they_know():
             step.parse_runs(bad)
     with pytest.raises(ValueError, match="unknown variant 'fused#4096'"):
         load_bench("signals").parse_variants("fused#4096")
+
+
+def test_the_rollout_bench_profiles_a_variant_the_gpu_script_names(capsys):
+    import re
+
+    script = (REPO / "bench" / "gpu_check.sh").read_text()
+    (profiled,) = re.findall(r"rollout.py .*--static --profile (\S+)", script)
+    rollout = load_bench("rollout")
+    assert profiled in rollout.VARIANTS
+    assert rollout.main(["--rounds", "1", "--prompts", "1", "--group", "2", "--tokens", "3", "--profile", "rlif"]) == 0
+    assert re.search(r"rlif under torch.profiler: wall .* operators issued \(\d+ per step\)", capsys.readouterr().out)

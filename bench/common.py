@@ -181,3 +181,15 @@ def profile_call(fn, device: torch.device, top: int = 15) -> dict:
     return {"wall": wall, "operators": operators, "kernel_s": sum(e.self_device_time_total for e in kernels) / 1e6,
             "top": [[e.key[:70], str(e.count), f"{e.self_device_time_total / 1e3:.1f} ms", f"{e.self_device_time_total / 1e6 / wall:.1%}"]
                     for e in kernels[:top]]}
+
+
+def profile_report(profiled: dict, title: str, per: int, unit: str) -> str:
+    """`profile_call`'s result as printed lines: wall time and operators per `unit` (`per` of them in the call) and, from
+    a GPU, the kernels' share of the wall time and the top kernels."""
+    wall, operators = profiled["wall"], profiled["operators"]
+    lines = [f"\n{title} under torch.profiler: wall {wall:.2f} s ({wall / per * 1e3:.1f} ms per {unit}), {operators:,} "
+             f"operators issued ({operators / per:,.0f} per {unit})"]
+    if profiled["top"]:
+        lines.append(f"CUDA kernels {profiled['kernel_s']:.2f} s: GPU busy {profiled['kernel_s'] / wall:.0%} of the wall time")
+        lines.append(table(["kernel", "calls", "time", "share of wall"], profiled["top"]))
+    return "\n".join(lines)

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_model, device_name, gib, profile_call, table, timed, versions  # noqa: E402
+from common import build_model, device_name, gib, profile_call, profile_report, table, timed, versions  # noqa: E402
 from update_batches import update  # noqa: E402
 
 from rlif.models import enable_activation_checkpointing  # noqa: E402
@@ -156,13 +156,7 @@ def main(argv=None) -> dict:
             print(table(["AdamW", "time (median)", "peak memory above the held state"], optimizer_steps(signal_model, device, args.repeats)))
             try:
                 profiled = profile_call(call, device, args.top)
-                micro_batches = -(-args.rows // chosen["micro_batch"])
-                print(f"\nbase update under torch.profiler: wall {profiled['wall']:.2f} s, {profiled['operators']:,} operators issued "
-                      f"({profiled['operators'] // micro_batches:,} per micro-batch)")
-                if device.type == "cuda":
-                    busy = profiled["kernel_s"]
-                    print(f"CUDA kernels {busy:.2f} s: GPU busy {busy / profiled['wall']:.0%} of the wall time")
-                    print(table(["kernel", "calls", "time", "share of wall"], profiled["top"]))
+                print(profile_report(profiled, "base update", -(-args.rows // chosen["micro_batch"]), "micro-batch"))
             except Exception as error:  # the profile is one reading among several: the variants still run
                 print(f"torch.profiler failed: {error!r}")
             print(flush=True)

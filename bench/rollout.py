@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_model, device_name, load_prompts, load_tokenizer, profile_call, sync, table, versions  # noqa: E402
+from common import build_model, device_name, load_prompts, load_tokenizer, profile_call, profile_report, sync, table, versions  # noqa: E402
 
 
 VARIANTS = ["hf-generate", "rlif", "rlif-no-signals", "rlif-static", "hf-generate-static", "rlif-compiled"]  # the last two: --static
@@ -129,13 +129,8 @@ def main(argv=None):
     if args.profile:
         with torch.no_grad():
             profiled = profile_call(variants[args.profile], device, args.top)
-        steps = args.tokens  # decode steps of one call (every row runs to the end on a random-init model)
-        print(f"\n{args.profile} under torch.profiler: wall {profiled['wall']:.2f} s ({profiled['wall'] / steps * 1e3:.1f} ms per "
-              f"decode step), {profiled['operators']:,} operators issued ({profiled['operators'] / steps:.0f} per step)")
-        if device.type == "cuda":
-            busy = profiled["kernel_s"]
-            print(f"CUDA kernels {busy:.2f} s: GPU busy {busy / profiled['wall']:.0%} of the wall time")
-            print(table(["kernel", "calls", "time", "share of wall"], profiled["top"]))
+        # every row runs to the last token on a random-init model: a call is args.tokens decode steps
+        print(profile_report(profiled, args.profile, args.tokens, "decode step"))
     return 0
 
 

@@ -72,4 +72,5 @@ def test_the_rollout_bench_profiles_a_variant_the_gpu_script_names(capsys):
     rollout = load_bench("rollout")
     assert profiled in rollout.VARIANTS
     assert rollout.main(["--rounds", "1", "--prompts", "1", "--group", "2", "--tokens", "3", "--profile", "rlif"]) == 0
-    assert re.search(r"rlif under torch.profiler: wall .* operators issued \(\d+ per step\)", capsys.readouterr().out)
+    assert re.search(r"rlif under torch.profiler: wall .* ms per decode step\), [\d,]+ operators issued \([\d,]+ per decode step\)",
+                     capsys.readouterr().out)

@@ -183,6 +183,7 @@ class _ChunkedSignals(torch.autograd.Function):
         low_block = None  # (c, V) in the matmul dtype, for the hidden-grad product of a float32 block
         if hidden_grad_only and block_dtype != compute_dtype:
             low_block = torch.empty(logits_block.shape, dtype=compute_dtype, device=hidden.device)
+        ones = torch.ones(rows_per_block, dtype=out_dtype, device=hidden.device) if hidden_grad_only and use_triton else None
         weight_c = weight.to(compute_dtype)  # converted once, not per chunk
         bias_c = None if bias is None else bias.to(compute_dtype)
         with torch.autocast(device_type=hidden.device.type, enabled=False):
@@ -190,17 +191,18 @@ class _ChunkedSignals(torch.autograd.Function):
                 rows = slice(start, start + chunk_size)
                 c = hidden[rows].shape[0]
                 z = _chunk_logits(hidden[rows], weight_c, bias_c, compute_dtype, logits_block[:c], scratch if on_cpu else None)
-                if use_triton:
-                    block = BlockSignals(*triton_signals.forward(z, targets[rows], temperature, logprobs_only), targets[rows])
+                if use_triton:  # the kernel writes into the outputs' rows: no copies after it
+                    outputs = (logprobs, self_certainty, entropy, row_max, log_norm_t)
+                    rows_out = tuple(None if t is None else t[rows] for t in outputs)
+                    block = BlockSignals(*triton_signals.forward(z, targets[rows], temperature, logprobs_only, out=rows_out), targets[rows])
                 else:
                     block = block_signals(z, targets[rows], temperature, logprobs_only=logprobs_only, scratch=None if scratch is None else scratch[:c])
-                logprobs[rows], row_max[rows], log_norm_t[rows] = block.logprobs, block.row_max, block.log_norm_t
-                if not logprobs_only:
-                    self_certainty[rows], entropy[rows] = block.self_certainty, block.entropy
+                    logprobs[rows], row_max[rows], log_norm_t[rows] = block.logprobs, block.row_max, block.log_norm_t
+                    if not logprobs_only:
+                        self_certainty[rows], entropy[rows] = block.self_certainty, block.entropy
                 if hidden_grad_only:
                     if use_triton:  # z still holds the logits; g = 1 for every row
-                        ones = torch.ones(c, dtype=out_dtype, device=hidden.device)
-                        grad_z = triton_signals.backward_in_place(z, targets[rows], temperature, block.row_max, block.log_norm_t, ones)
+                        grad_z = triton_signals.backward_in_place(z, targets[rows], temperature, block.row_max, block.log_norm_t, ones[:c])
                     else:  # block_signals(logprobs_only) left exp((z - max) / T) in z
                         grad_z = _logprob_grad_from_weights_(z, targets[rows], temperature, block.log_norm_t)
                     grad_z = grad_z if low_block is None else low_block[:c].copy_(grad_z)

@@ -192,19 +192,24 @@ def _block_size(vocab: int, largest: int = 4096) -> int:
     return min(largest, 1 << max(4, math.ceil(math.log2(max(vocab, 1)))))
 
 
-def forward(logits: Tensor, targets: Tensor, temperature: float, logprobs_only: bool):
-    """Per-row (logprobs, self_certainty, entropy, row_max, log_norm_t) of a (c, V) logits block (any float dtype)."""
+def forward(logits: Tensor, targets: Tensor, temperature: float, logprobs_only: bool, out: tuple | None = None):
+    """Per-row (logprobs, self_certainty, entropy, row_max, log_norm_t) of a (c, V) logits block (any float dtype).
+
+    `out`: five contiguous (c,) tensors the kernel writes them into (self-certainty and entropy None with
+    `logprobs_only`), e.g. the rows of the whole batch's outputs, so no copy follows; by default new ones."""
     forward_kernel, _ = _kernels()
     rows, vocab = logits.shape
-    out = torch.empty(5, rows, dtype=torch.float32, device=logits.device)
+    if out is None:
+        out = tuple(torch.empty(5, rows, dtype=torch.float32, device=logits.device))
+    logprobs, sc, entropy, row_max, log_norm_t = out
+    unused = logprobs  # with logprobs_only the kernel stores no self-certainty or entropy
     forward_kernel[(rows,)](
         logits, logits.stride(0), targets, vocab, 1.0 / temperature,
-        out[0], out[1], out[2], out[3], out[4], math.log(vocab),
+        logprobs, unused if sc is None else sc, unused if entropy is None else entropy, row_max, log_norm_t, math.log(vocab),
         WITH_SIGNALS=not logprobs_only, TEMPERED=temperature != 1.0, NEED_REST=not logprobs_only or temperature == 1.0,
         BLOCK=_block_size(vocab, FORWARD_LAUNCH[0]),
         num_warps=FORWARD_LAUNCH[1],
     )
-    logprobs, sc, entropy, row_max, log_norm_t = out
     return logprobs, None if logprobs_only else sc, None if logprobs_only else entropy, row_max, log_norm_t
 
 

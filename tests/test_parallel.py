@@ -57,7 +57,8 @@ def setup(tmp_path_factory):
     return root, config_path, single
 
 
-def launch(config_path: Path, run_dir: Path, *accelerate_args: str, script: list[str], overrides: tuple[str, ...] = ()) -> None:
+def launch(config_path: Path, run_dir: Path, *accelerate_args: str, script: list[str], overrides: tuple[str, ...] = (),
+           succeeds: bool = True) -> subprocess.CompletedProcess:
     with socket.socket() as probe:  # a free rendezvous port: other test runs may share the machine
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -67,7 +68,8 @@ def launch(config_path: Path, run_dir: Path, *accelerate_args: str, script: list
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-30000:]
+    assert (result.returncode == 0) == succeeds, result.stderr[-30000:]
+    return result
 
 
 def assert_same_metrics(expected: list[dict], actual: list[dict]) -> None:
@@ -146,6 +148,18 @@ def test_fsdp2_two_processes_match_one_process(setup):
     assert_same_weights(single, run_dir, STEPS)
     assert_same_metrics(expected, resume_on_one_process(config_path, run_dir))
     assert_same_weights(single, run_dir, STEPS)
+
+
+def test_a_nan_reward_on_one_process_stops_every_process(setup):
+    """Process 1 alone gets a NaN reward at step 2: both processes stop with the message (before, process 0 waited in
+    a collective until the launcher killed it), and step 1's checkpoint is kept."""
+    root, config_path, _ = setup
+    run_dir = root / "ddp-nan"
+    result = launch(config_path, run_dir, "--multi_gpu", script=["-m", "rlif.cli"], succeeds=False,
+                    overrides=("reward.name=parallel_rewards:nan_on_the_second_process_at_step_2", "eval.path=null"))
+    message = "step 2: reward 'parallel_rewards:nan_on_the_second_process_at_step_2' returned non-finite values"
+    assert result.stderr.count(message) == 2, result.stderr[-5000:]  # from each process
+    assert latest_checkpoint(run_dir)[0] == 1
 
 
 def test_lora_ddp_two_processes_match_one_process(setup):

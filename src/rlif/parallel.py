@@ -82,6 +82,15 @@ def loss_scale(accelerator) -> float:
     return float(accelerator.num_processes)
 
 
+def on_any_process(accelerator, flag: bool) -> bool:
+    """Whether `flag` holds on some process: every process gets the same answer, so a check that stops training
+    stops all of them together, each with the message (one raising alone leaves the others in a collective until the
+    launcher tears them down)."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), "sum") > 0)
+
+
 def same_batch_count(accelerator, batches: list[torch.Tensor]) -> list[torch.Tensor]:
     """This process's micro-batches, split until every process has as many as the one with the most: under FSDP2
     each forward gathers the parameters from all processes, so all must run the same number (token-budget batches,

@@ -56,6 +56,7 @@ from rlif.parallel import (
     load_optimizer_state_dict,
     loss_scale,
     model_state_dict,
+    on_any_process,
     optimizer_state_dict,
     same_batch_count,
     sampling_model,
@@ -306,7 +307,7 @@ def train(config: Config) -> Path:
 
         # ---- 4. reward -> group-normalized advantages ------------------------------------------
         rewards = compute_reward(reward, rollout)  # (N,)
-        if not torch.isfinite(rewards).all():
+        if on_any_process(accelerator, not torch.isfinite(rewards).all()):
             raise TrainingDiverged(_diverged(step, f"reward {reward.name!r} returned non-finite values", run_dir))
         advantages = group_advantages(rewards, cfg_rollout.group_size, cfg_train.advantage_eps)  # (N,)
 
@@ -325,6 +326,7 @@ def train(config: Config) -> Path:
                 # DDP/FSDP/DeepSpeed average gradients over processes; the loss is already a global token mean
                 backward=lambda loss: accelerator.backward(loss * loss_scale(accelerator)),
                 no_sync=lambda last: _maybe_no_sync(accelerator, signal_model, last),
+                step_loss=lambda local: accelerator.reduce(local.clone(), "sum"),  # every process checks the same value
                 compile_layers=config.model.compile_layers,
             )
         except NonFiniteLoss as error:
@@ -442,6 +444,7 @@ def accumulate_gradients(
     kl_coef: float,
     backward=torch.Tensor.backward,
     no_sync=lambda last: contextlib.nullcontext(),
+    step_loss=lambda local: local,
     compile_layers: bool = False,
 ) -> torch.Tensor:
     """Forward and backward over the step's micro-batches, adding the step's gradient to the parameters' `.grad`.
@@ -449,7 +452,8 @@ def accumulate_gradients(
     Each micro-batch is trimmed of the padding its rows share. `backward(loss)` runs one micro-batch's backward and
     `no_sync(last)` is the context it runs in (training passes accelerate's). Returns the summed (loss, policy loss,
     kl, clipped tokens, tokens) on `device`, read by the host only once: before the last backward, whose context may
-    apply the update (DeepSpeed), NonFiniteLoss is raised if the step's loss is not finite.
+    apply the update (DeepSpeed), NonFiniteLoss is raised if the step's loss is not finite (`step_loss` turns this
+    process's share into the step's loss: training sums it over processes).
     """
     sums = torch.zeros(5, device=device)
     for i, rows in enumerate(micro_batches):
@@ -469,8 +473,8 @@ def accumulate_gradients(
                 total_tokens=total_tokens,
             )
             sums += torch.stack([terms.loss, terms.policy_loss, terms.kl, terms.clipped, terms.num_tokens]).detach().float()
-            if last and not torch.isfinite(sums[0]):
-                raise NonFiniteLoss(f"the loss is {sums[0].item()}")
+            if last and not torch.isfinite(loss := step_loss(sums[0])):
+                raise NonFiniteLoss(f"the loss is {loss.item()}")
             backward(terms.loss)
     return sums
 

@@ -107,7 +107,7 @@ def report(path: Path | None, launches: list[tuple[int, int]]) -> list[dict]:
                 per_thread = block // (32 * warps)
                 rows.append({"kernel": "forward", "sm": capability, "block": block, "warps": warps, "signals": with_signals,
                              "tempered": tempered, **resource_usage(cubin), "loop": loop,
-                             "instructions_per_logit": None if loop is None else round(loop["instructions"] / per_thread, 1)})
+                             "instructions_per_logit": None if loop is None or per_thread == 0 else round(loop["instructions"] / per_thread, 1)})
         cubin = compile_kernel(backward, {"BLOCK": 4096}, capability, 4)
         rows.append({"kernel": "backward", "sm": capability, "block": 4096, "warps": 4, **resource_usage(cubin)})
     return rows

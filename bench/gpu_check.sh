@@ -8,7 +8,7 @@
 # start (about 1.5 minutes), so run them as calls on the warm machine, issued at once one after the other (the machine
 # goes back after 30 s idle), in this order of importance (device tool, carry [".whl"]):
 #     TESTS="tests/test_gpu.py tests/test_triton_signals.py" bash bench/gpu_check.sh tests signals   # about 100 + 120 s
-#     bash bench/gpu_check.sh step              # timeout_s 600; about 5 x ~85 s
+#     bash bench/gpu_check.sh step              # timeout_s 560; about 5 x ~70 s
 #     bash bench/gpu_check.sh profile           # with what is left (about 200 s)
 #     bash bench/gpu_check.sh rollout           # next (about 150-200 s)
 #     bash bench/gpu_check.sh train             # at most 200 s: 1.5B steps and the micro-batch probe
@@ -64,15 +64,17 @@ want train && stage train 200 python3 bench/gpu_check.py --prompts 8 --steps 2 -
 #   rollout under torch.profiler: ms per decode step, GPU busy share, top kernels (where the step's generate phase of
 #   2.4-3.1 s goes: the weights and KV cache read per step need about 1.5 ms of it).
 want rollout && stage rollout 240 python3 bench/rollout.py --gpu-shape --rounds 1 --static --profile rlif-compiled
-# step: one training step vs TRL's GRPOTrainer at the same shape (TRL runs need the carried wheels). About 60-85 s a run.
-#   rlif runs with the compiled decode (rollout.decode: compiled; step 1, not timed, compiles), micro-batches of 32
-#   rows (update and reference pass) and the reference in pinned CPU memory between its passes
-#   (model.reference_device: offload); the last also compiles the update's layers (model.compile_layers). The H100
-#   run of 2026-11-26 had rlif@compiled (micro-batch 8, reference on the GPU): 1.66x TRL at 1.21x its memory.
-#   TRL's self-certainty-by-extra-forward run (trl+sc) was measured in the first lease; add it with RUNS=... to repeat.
-RLIF_RUNS=rlif-length@compiled+mb32+offload,rlif@compiled+mb32+offload,rlif@compiled+layers+mb32+offload
-# trl+mb32 (last: a stage cut short keeps the others) is TRL at rlif's micro-batch, for the record.
-if [ "$HAVE_TRL" = 1 ]; then DEFAULT_RUNS=trl,$RLIF_RUNS,trl+mb32; else DEFAULT_RUNS=$RLIF_RUNS; echo "trl not importable: TRL runs skipped"; fi
+# step: one training step vs TRL's GRPOTrainer at the same shape (TRL runs need the carried wheels). About 60-85 s a run,
+#   in this order (a stage cut short keeps the finished runs' lines, not the table). rlif runs with the compiled decode
+#   (rollout.decode: compiled; step 1, not timed, compiles) and the reference in pinned CPU memory between its passes
+#   (model.reference_device: offload), micro-batches of 16 or 32 rows (update and reference pass), and once the
+#   update's layers compiled (model.compile_layers). By arithmetic (weights, gradients and AdamW state 7.36 GiB, the
+#   static KV cache 0.75, a bf16 copy of the weights under autocast, checkpointed hidden states), micro-batches of 32
+#   come to about 10.1 GiB against TRL's 10.46, of 16 about 9.5. The H100 run of 2026-11-26 had rlif@compiled
+#   (micro-batch 8, reference on the GPU, foreach AdamW): 1.66x TRL at 1.21x its memory.
+#   TRL at rlif's micro-batch (trl+mb32) and TRL's self-certainty-by-extra-forward run (trl+sc, first lease): RUNS=...
+RLIF_RUNS=rlif@compiled+mb16+offload,rlif-length@compiled+mb16+offload,rlif@compiled+mb32+offload,rlif@compiled+layers+mb16+offload
+if [ "$HAVE_TRL" = 1 ]; then DEFAULT_RUNS=trl,$RLIF_RUNS; else DEFAULT_RUNS=$RLIF_RUNS; echo "trl not importable: TRL runs skipped"; fi
 RUNS=${RUNS:-$DEFAULT_RUNS}
 want step && stage step 480 python3 bench/step.py --gpu-shape --rounds 1 --steps 2 --runs "$RUNS" --json "$OUT/step.json"
 # profile: where the update's time goes (5.6 of 9.8 s per step on an H100): micro-batch sizes, checkpointing, bf16

@@ -49,9 +49,9 @@ def test_the_gpu_script_asks_the_benchmarks_for_what_they_know():
     (rlif_runs,) = re.findall(r"^RLIF_RUNS=(\S+)$", script, flags=re.MULTILINE)
     (default_runs,) = re.findall(r"DEFAULT_RUNS=(trl\S+);", script)
     step = load_bench("step")
-    assert step.parse_runs(default_runs.replace("$RLIF_RUNS", rlif_runs))[-1] == "trl+mb32"
-    assert step.parse_runs("trl," + rlif_runs) == ["trl", "rlif-length@compiled+mb32+offload", "rlif@compiled+mb32+offload",
-                                                   "rlif@compiled+layers+mb32+offload"]
+    assert step.parse_runs(default_runs.replace("$RLIF_RUNS", rlif_runs)) == [
+        "trl", "rlif@compiled+mb16+offload", "rlif-length@compiled+mb16+offload", "rlif@compiled+mb32+offload",
+        "rlif@compiled+layers+mb16+offload"]
     assert step.split_run("rlif@compiled+layers") == ("rlif", "compiled", {"compile_layers": True})
     assert step.split_run("rlif-length") == ("rlif-length", "dynamic", {})
     assert step.split_run("rlif@compiled+mb32+offload") == ("rlif", "compiled", {"micro_batch": 32, "reference_device": "offload"})

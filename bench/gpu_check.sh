@@ -78,7 +78,8 @@ if [ "$HAVE_TRL" = 1 ]; then DEFAULT_RUNS=trl,$RLIF_RUNS; else DEFAULT_RUNS=$RLI
 RUNS=${RUNS:-$DEFAULT_RUNS}
 want step && stage step 480 python3 bench/step.py --gpu-shape --rounds 1 --steps 2 --runs "$RUNS" --json "$OUT/step.json"
 # profile: where the update's time goes (5.6 of 9.8 s per step on an H100): micro-batch sizes, checkpointing, bf16
-#   weights, compiled layers, foreach vs fused AdamW, GPU busy share and top kernels of one update under
-#   torch.profiler. About 200 s (not yet run; the compiled variant compiles in its warm-up).
-want profile && stage profile 240 python3 bench/profile_update.py --gpu-shape --repeats 2
+#   weights, compiled layers, autocast's cache of weight casts on (cached-casts), foreach vs fused AdamW, GPU busy share
+#   and top kernels of one update under torch.profiler. About 230 s (not yet run; the compiled variant compiles in its
+#   warm-up).
+want profile && stage profile 270 python3 bench/profile_update.py --gpu-shape --repeats 2
 exit 0

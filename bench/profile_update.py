@@ -14,6 +14,7 @@ advantages. Variants, each timed alone (median over --repeats after one warm-up)
   no-ckpt          gradient checkpointing off
   bf16-weights     bfloat16 weights, no autocast (no per-forward weight casts, no float32 gradient accumulation)
   compiled         the decoder layers compiled (model.compile_layers: torch.compile, forward and backward)
+  cached-casts     autocast's cache of bf16 weight copies on, which training turns off for the update (GPU: memory)
 
 Then the optimizer step alone (clip + AdamW), foreach vs fused (on CUDA), time and peak memory above the held state;
 and a torch.profiler trace of one base update: the operators the host issued per micro-batch and, on a GPU, the
@@ -40,7 +41,7 @@ from rlif.models import enable_activation_checkpointing  # noqa: E402
 from rlif.rollout import Rollout  # noqa: E402
 from rlif.scoring import SignalModel, length_batches  # noqa: E402
 
-VARIANTS = ["base", "compiled", "mb32", "bf16-weights", "no-ckpt", "mb16"]  # in order of interest: a stage cut short keeps the first
+VARIANTS = ["base", "compiled", "mb32", "bf16-weights", "no-ckpt", "mb16", "cached-casts"]  # in order of interest: a stage cut short keeps the first
 
 
 def synthetic_rollout(rows: int, prompt: int, tokens: int, vocab: int, seed: int = 0) -> Rollout:
@@ -57,16 +58,18 @@ def synthetic_rollout(rows: int, prompt: int, tokens: int, vocab: int, seed: int
 
 def setting(variant: str, micro_batch: int) -> dict:
     return {"micro_batch": {"mb16": 16, "mb32": 32}.get(variant, micro_batch), "checkpointing": variant != "no-ckpt",
-            "dtype": torch.bfloat16 if variant == "bf16-weights" else torch.float32, "compiled": variant == "compiled"}
+            "dtype": torch.bfloat16 if variant == "bf16-weights" else torch.float32, "compiled": variant == "compiled",
+            "cached_casts": variant == "cached-casts"}
 
 
-def build(args, dtype: torch.dtype, checkpointing: bool, device: torch.device, autocast: bool) -> SignalModel:
+def build(args, dtype: torch.dtype, checkpointing: bool, device: torch.device, autocast: bool, cached_casts: bool) -> SignalModel:
     model = build_model(args.model, dtype=dtype).to(device)
     if checkpointing:
         enable_activation_checkpointing(model)  # as training enables it
     signal_model = SignalModel(model, chunk_size=2048).train()
-    if autocast:  # around the forward, as accelerate's prepare puts it in training (the backward runs outside)
-        signal_model.forward = torch.autocast(device.type, dtype=torch.bfloat16)(signal_model.forward)
+    if autocast:  # around the forward, as accelerate's prepare puts it in training (the backward runs outside; no cache)
+        context = torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cached_casts)
+        signal_model.forward = context(signal_model.forward)
     return signal_model
 
 
@@ -133,7 +136,8 @@ def main(argv=None) -> dict:
     results, rows = {}, []
     for variant in variants:  # each variant's figures print as they come: a run cut short keeps the first ones
         chosen = setting(variant, args.micro_batch)
-        signal_model = build(args, chosen["dtype"], chosen["checkpointing"], device, autocast and chosen["dtype"] == torch.float32)
+        signal_model = build(args, chosen["dtype"], chosen["checkpointing"], device, autocast and chosen["dtype"] == torch.float32,
+                             chosen["cached_casts"])
         if rollout is None:
             rollout = synthetic_rollout(args.rows, args.prompt, args.tokens, signal_model.model.config.vocab_size)
             advantages = torch.randn(args.rows, generator=torch.Generator().manual_seed(1))

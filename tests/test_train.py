@@ -140,6 +140,23 @@ def test_a_run_resumes_with_other_batching_and_memory_settings(tmp_path, tiny_mo
                 assert got[key] == pytest.approx(value, rel=1e-3, abs=1e-6), key
 
 
+def test_autocast_caches_weight_casts_for_sampling_not_for_the_update(tmp_path, tiny_model_dir, addition_data, monkeypatch):
+    """Under bf16 autocast the update's forward (each weight used once) keeps no cache of bf16 weight copies, which
+    would otherwise live until the forward ends; sampling, many forwards of the same weights, keeps it."""
+    seen = set()  # (grad enabled: the update's forward, not sampling; autocast on; its cache on)
+    original = rlif.train.load_policy
+
+    def load_and_watch(config, checkpoint=None):
+        policy = original(config, checkpoint)
+        policy.model.layers[0].register_forward_pre_hook(
+            lambda *_: seen.add((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"), torch.is_autocast_cache_enabled())))
+        return policy
+
+    monkeypatch.setattr(rlif.train, "load_policy", load_and_watch)
+    train(load_config(tiny_config(tmp_path, tiny_model_dir, addition_data, train={"steps": 1}), ["model.mixed_precision=bf16"]))
+    assert seen == {(True, True, False), (False, True, True)}
+
+
 def test_kill_during_checkpoint_save_keeps_the_previous_one(tmp_path, tiny_model_dir, addition_data, monkeypatch):
     config_path = tiny_config(tmp_path, tiny_model_dir, addition_data)
     train(load_config(config_path))

@@ -66,3 +66,11 @@ def test_profile_update_bench_runs_each_variant_on_left_padded_rows():
     assert (rollout.prompt_ids[rollout.prompt_mask == 0] == 0).all() and rollout.response_mask.all()
     result = bench.main(["--rows", "4", "--prompt", "6", "--tokens", "3", "--variants", "base,mb16", "--repeats", "1"])
     assert set(result["seconds"]) == {"base", "mb16"} and all(t[0] > 0 for t in result["seconds"].values())
+
+
+def test_autocast_cache_bench_measures_both_settings_in_fresh_processes():
+    spec = importlib.util.spec_from_file_location("bench_autocast_cache", REPO / "bench" / "autocast_cache.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--model", "cpu-tiny"])
+    assert set(result) == {"on", "off"} and all(len(v) == 3 and min(v) > 0 for v in result.values())

@@ -177,12 +177,24 @@ def _config_differences(saved: dict, current: dict, prefix: str = "") -> list[st
 
 def build_accelerator(config: Config):
     from accelerate import Accelerator
+    from accelerate.utils import AutocastKwargs
 
     mixed_precision = config.model.mixed_precision
     if mixed_precision == "auto":
         mixed_precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     log_with = None if config.run.report_to == "none" else config.run.report_to
-    return Accelerator(mixed_precision=mixed_precision, log_with=log_with, project_dir=config.run.output_dir)
+    # The update's forward (the prepared model's, under this autocast) uses each weight once: autocast's cache would
+    # only hold a bf16 copy of every weight until the forward ends (0.67 GiB for 0.5B, at the update's peak).
+    # Sampling, which reuses the weights at every decode step, keeps the cache (`_cached_casts`).
+    return Accelerator(mixed_precision=mixed_precision, log_with=log_with, project_dir=config.run.output_dir,
+                       kwargs_handlers=[AutocastKwargs(cache_enabled=False)])
+
+
+def _cached_casts():
+    """Autocast with its cache of weight casts: for sampling and evaluation, whose many forwards then cast once."""
+    from accelerate.utils import AutocastKwargs
+
+    return AutocastKwargs(cache_enabled=True)
 
 
 def train(config: Config) -> Path:
@@ -261,7 +273,7 @@ def train(config: Config) -> Path:
             return {}
         model = sampling_model(accelerator, signal_model)
         ref_scope = None if reference is None else (lambda: _evaluation_reference(accelerator, reference, signal_model))
-        with accelerator.autocast(), full_parameters(accelerator, signal_model):
+        with accelerator.autocast(_cached_casts()), full_parameters(accelerator, signal_model):
             return run_evaluation(accelerator, model, tokenizer, eval_problems, answer_format, eos_ids, config, run_dir, step, ref_scope)
 
     if start_step == 0 and eval_problems is not None:
@@ -276,7 +288,7 @@ def train(config: Config) -> Path:
         batch = [prompts.records[i] for i in indices]
 
         # ---- 2. rollouts: G responses per prompt from the current policy ---------------------
-        with accelerator.autocast(), full_parameters(accelerator, signal_model):
+        with accelerator.autocast(_cached_casts()), full_parameters(accelerator, signal_model):
             rollout = generate_rollout(
                 sampling_model(accelerator, signal_model),
                 tokenizer,

@@ -68,9 +68,9 @@ want rollout && stage rollout 240 python3 bench/rollout.py --gpu-shape --rounds 
 #   in this order (a stage cut short keeps the finished runs' lines, not the table). rlif runs with the compiled decode
 #   (rollout.decode: compiled; step 1, not timed, compiles) and the reference in pinned CPU memory between its passes
 #   (model.reference_device: offload), micro-batches of 16 or 32 rows (update and reference pass), and once the
-#   update's layers compiled (model.compile_layers). By arithmetic (weights, gradients and AdamW state 7.36 GiB, the
-#   static KV cache 0.75, a bf16 copy of the weights under autocast, checkpointed hidden states), micro-batches of 32
-#   come to about 10.1 GiB against TRL's 10.46, of 16 about 9.5. The H100 run of 2026-11-26 had rlif@compiled
+#   update's layers compiled (model.compile_layers). A rough sum, not measured (weights, gradients and AdamW state
+#   7.36 GiB, the static KV cache 0.75, checkpointed hidden states, one layer's recompute): 9-10 GiB at 32 rows,
+#   about 9 at 16, against TRL's 10.46. The H100 run of 2026-11-26 had rlif@compiled
 #   (micro-batch 8, reference on the GPU, foreach AdamW): 1.66x TRL at 1.21x its memory.
 #   TRL at rlif's micro-batch (trl+mb32) and TRL's self-certainty-by-extra-forward run (trl+sc, first lease): RUNS=...
 RLIF_RUNS=rlif@compiled+mb16+offload,rlif-length@compiled+mb16+offload,rlif@compiled+mb32+offload,rlif@compiled+layers+mb16+offload

@@ -140,20 +140,37 @@ def test_a_run_resumes_with_other_batching_and_memory_settings(tmp_path, tiny_mo
                 assert got[key] == pytest.approx(value, rel=1e-3, abs=1e-6), key
 
 
-def test_autocast_caches_weight_casts_for_sampling_not_for_the_update(tmp_path, tiny_model_dir, addition_data, monkeypatch):
+WATCH_AUTOCAST = """
+import json, sys
+import torch
+import rlif.train
+from rlif.config import load_config
+
+seen = set()  # (grad enabled: the update's forward, not sampling; autocast on; its cache on)
+original = rlif.train.load_policy
+
+def load_and_watch(config, checkpoint=None):
+    policy = original(config, checkpoint)
+    policy.model.layers[0].register_forward_pre_hook(
+        lambda *_: seen.add((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"), torch.is_autocast_cache_enabled())))
+    return policy
+
+rlif.train.load_policy = load_and_watch
+rlif.train.train(load_config(sys.argv[1], ["model.mixed_precision=bf16"]))
+print(json.dumps(sorted(seen)))
+"""
+
+
+def test_autocast_caches_weight_casts_for_sampling_not_for_the_update(tmp_path, tiny_model_dir, addition_data):
     """Under bf16 autocast the update's forward (each weight used once) keeps no cache of bf16 weight copies, which
-    would otherwise live until the forward ends; sampling, many forwards of the same weights, keeps it."""
-    seen = set()  # (grad enabled: the update's forward, not sampling; autocast on; its cache on)
-    original = rlif.train.load_policy
+    would otherwise live until the forward ends; sampling, many forwards of the same weights, keeps it. (A process
+    of its own: accelerate fixes the mixed precision of the first Accelerator a process makes.)"""
+    import json
 
-    def load_and_watch(config, checkpoint=None):
-        policy = original(config, checkpoint)
-        policy.model.layers[0].register_forward_pre_hook(
-            lambda *_: seen.add((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"), torch.is_autocast_cache_enabled())))
-        return policy
-
-    monkeypatch.setattr(rlif.train, "load_policy", load_and_watch)
-    train(load_config(tiny_config(tmp_path, tiny_model_dir, addition_data, train={"steps": 1}), ["model.mixed_precision=bf16"]))
+    config_path = tiny_config(tmp_path, tiny_model_dir, addition_data, train={"steps": 1})
+    out = subprocess.run([sys.executable, "-c", WATCH_AUTOCAST, str(config_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = {tuple(x) for x in json.loads(out.stdout.strip().splitlines()[-1])}
     assert seen == {(True, True, False), (False, True, True)}
 
 

@@ -303,7 +303,7 @@ def main(argv=None):
         if results[run]["generate"]:
             print(f"{run} phases (median s): " + ", ".join(f"{phase} {med(run, phase):.2f}" for phase in PHASES))
     for run in runs:
-        if run.startswith("rlif@") or run == "rlif" or run.startswith("rlif+"):
+        if split_run(run)[0] == "rlif":  # INTUITOR; its model-free twin has the same suffixes
             model_free = run.replace("rlif", "rlif-length", 1)
             if model_free in results:
                 ratio = med(run, "step_s") / med(model_free, "step_s")

@@ -9,7 +9,6 @@ from rlif.signals import hidden_signals
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check.sh)")
 
 
-
 @pytest.mark.parametrize("compute_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("temperature", [1.0, 0.9])
 @pytest.mark.parametrize("logprobs_only", [False, True])

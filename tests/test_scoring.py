@@ -111,13 +111,19 @@ def test_unsupported_logit_transform_is_refused(tiny_model_dir):
         SignalModel(model)
 
 
+def padded_masks(prompt_lengths, response_lengths):
+    """(prompt mask left-padded to 3, response mask right-padded to 10) of rows of these lengths."""
+    prompt_mask = torch.tensor([[0] * (3 - p) + [1] * p for p in prompt_lengths])
+    response_mask = torch.tensor([[1] * r + [0] * (10 - r) for r in response_lengths])
+    return prompt_mask, response_mask
+
+
 def test_length_batches_group_rows_of_similar_length():
     """Every row once, longest first, ties in row order; padded cells of the trimmed batches, derived by hand."""
     from rlif.scoring import length_batches
 
     prompt_lengths, response_lengths = [3, 3, 3, 3, 2], [10, 1, 9, 2, 1]  # totals 13, 4, 12, 5, 3
-    prompt_mask = torch.tensor([[0] * (3 - p) + [1] * p for p in prompt_lengths])
-    response_mask = torch.tensor([[1] * r + [0] * (10 - r) for r in response_lengths])
+    prompt_mask, response_mask = padded_masks(prompt_lengths, response_lengths)
     batches = length_batches(prompt_mask, response_mask, batch_size=2)
     assert [b.tolist() for b in batches] == [[0, 2], [3, 1], [4]]
 
@@ -133,12 +139,10 @@ def test_length_batches_by_token_budget_fill_each_batch_up_to_it():
     derived by hand for prompts 3, 3, 3, 3, 2 and responses 10, 1, 9, 2, 1 (longest first: rows 0, 2, 3, 1, 4)."""
     from rlif.scoring import length_batches
 
-    prompt_lengths, response_lengths = [3, 3, 3, 3, 2], [10, 1, 9, 2, 1]
-    prompt_mask = torch.tensor([[0] * (3 - p) + [1] * p for p in prompt_lengths])
-    response_mask = torch.tensor([[1] * r + [0] * (10 - r) for r in response_lengths])
+    prompt_mask, response_mask = padded_masks([3, 3, 3, 3, 2], [10, 1, 9, 2, 1])
     # 26: rows 0 and 2 take 2 x 13; row 3 would make 3 x 13. Then rows 3, 1, 4: 3 x (3 + 2) = 15 <= 26.
     assert [b.tolist() for b in length_batches(prompt_mask, response_mask, 1, max_tokens=26)] == [[0, 2], [3, 1, 4]]
-    # 13: one row of 13 each, then 13 // 5 = 2 rows of width 5, and row 4 (width 3 alone: 4 fits no further row)
+    # 13: rows 0 and 2 alone (13 and 12 tokens), rows 3 and 1 (2 x 5; row 4 would make 3 x 5 = 15), then row 4
     assert [b.tolist() for b in length_batches(prompt_mask, response_mask, 1, max_tokens=13)] == [[0], [2], [3, 1], [4]]
     # 12: row 0 (13 tokens) is longer than the budget alone, and still gets a batch of its own
     assert [b.tolist() for b in length_batches(prompt_mask, response_mask, 1, max_tokens=12)] == [[0], [2], [3, 1], [4]]

@@ -56,6 +56,9 @@ def test_string_override_is_kept_verbatim(tmp_path):
         ("train.micro_batch_tokens=-1", "train.micro_batch_tokens = -1: expected 0 (off) or a positive integer"),
         ("train.micro_batch_tokens=3000", "train.micro_batch_tokens = 3000: expected 0 (off) or at least "
          "data.max_prompt_tokens + rollout.max_new_tokens = 3584 (one sequence's longest)"),
+        ("train.score_batch_tokens=-5", "train.score_batch_tokens = -5: expected 0 (off) or a positive integer"),
+        ("train.score_batch_tokens=100", "train.score_batch_tokens = 100: expected 0 (off) or at least "
+         "data.max_prompt_tokens + rollout.max_new_tokens = 3584 (one sequence's longest)"),
     ],
 )
 def test_bad_values_name_the_field(tmp_path, override, message):

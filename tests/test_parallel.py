@@ -128,10 +128,10 @@ def test_ddp_two_processes_match_one_process(setup):
 def test_fsdp2_two_processes_match_one_process(setup):
     root, config_path, single = setup
     run_dir = root / "fsdp2"
-    # micro-batches by a token budget: the processes' answers differ in length, so their counts differ, and each
-    # process splits its batches until all run as many forwards (FSDP2 gathers parameters in each)
+    # micro-batches and reference batches by a token budget: the processes' answers differ in length, so their counts
+    # differ, and each process splits its batches until all run as many forwards (FSDP2 gathers parameters in each)
     launch(config_path, run_dir, "--config_file", str(REPO / "configs" / "accelerate" / "fsdp2.yaml"),
-           script=[str(TESTS / "fsdp_cpu_launch.py")], overrides=("train.micro_batch_tokens=30",))
+           script=[str(TESTS / "fsdp_cpu_launch.py")], overrides=("train.micro_batch_tokens=30", "train.score_batch_tokens=30"))
     expected = read_jsonl(single / "metrics.jsonl")
     fsdp = read_jsonl(run_dir / "metrics.jsonl")
     assert_same_metrics(expected, fsdp)

@@ -8,7 +8,7 @@ import torch
 from rlif.models import load_model
 from rlif.rollout import generate_rollout
 from rlif.score import pad_pairs
-from rlif.scoring import SignalModel, score_in_batches
+from rlif.scoring import SignalModel, length_batches, score_in_batches
 from reference import reference_exact
 
 
@@ -86,14 +86,18 @@ def test_pad_equals_eos(tiny_model_dir, tokenizer):
         assert (tokens[n - 1] == eos) != bool(rollout.truncated[i])  # a finished response ends with its EOS
         assert eos not in tokens[: n - 1] and all(t == eos for t in tokens[n:])  # the padding is EOS too
     model64 = copy.deepcopy(model).double()
+    by_tokens = length_batches(rollout.prompt_mask, rollout.response_mask, 3, max_tokens=60)  # train.score_batch_tokens
+    assert [len(rows) for rows in by_tokens] == [3, 4, 1]  # by hand from the lengths; 3 rows each would be 3, 3, 2
     with torch.no_grad():
-        signals = score_in_batches(SignalModel(model), **rollout.select(slice(None)), batch_size=3)
+        by_rows = score_in_batches(SignalModel(model), **rollout.select(slice(None)), batch_size=3)
+        by_budget = score_in_batches(SignalModel(model), **rollout.select(slice(None)), batches=by_tokens)
     for i in range(8):
         prompt = rollout.prompt_ids[i][rollout.prompt_mask[i].bool()].tolist()
         response = rollout.response_ids[i, : int(lengths[i])].tolist()
         _, ref_sc, _ = reference_row(model64, prompt, response)
-        torch.testing.assert_close(signals.self_certainty[i, : len(response)].double(), ref_sc, rtol=1e-4, atol=1e-5)
-        assert torch.all(signals.self_certainty[i, len(response) :] == 0)
+        for signals in (by_rows, by_budget):
+            torch.testing.assert_close(signals.self_certainty[i, : len(response)].double(), ref_sc, rtol=1e-4, atol=1e-5)
+            assert torch.all(signals.self_certainty[i, len(response) :] == 0)
 
 
 def test_gradient_flows_to_the_weights(tiny_model_dir):
@@ -120,7 +124,6 @@ def padded_masks(prompt_lengths, response_lengths):
 
 def test_length_batches_group_rows_of_similar_length():
     """Every row once, longest first, ties in row order; padded cells of the trimmed batches, derived by hand."""
-    from rlif.scoring import length_batches
 
     prompt_lengths, response_lengths = [3, 3, 3, 3, 2], [10, 1, 9, 2, 1]  # totals 13, 4, 12, 5, 3
     prompt_mask, response_mask = padded_masks(prompt_lengths, response_lengths)
@@ -137,7 +140,6 @@ def test_length_batches_group_rows_of_similar_length():
 def test_length_batches_by_token_budget_fill_each_batch_up_to_it():
     """With max_tokens, rows (longest first) join a batch while rows x (longest prompt + longest response) fits;
     derived by hand for prompts 3, 3, 3, 3, 2 and responses 10, 1, 9, 2, 1 (longest first: rows 0, 2, 3, 1, 4)."""
-    from rlif.scoring import length_batches
 
     prompt_mask, response_mask = padded_masks([3, 3, 3, 3, 2], [10, 1, 9, 2, 1])
     # 26: rows 0 and 2 take 2 x 13; row 3 would make 3 x 13. Then rows 3, 1, 4: 3 x (3 + 2) = 15 <= 26.

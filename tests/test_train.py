@@ -129,9 +129,15 @@ def test_a_run_resumes_with_other_batching_and_memory_settings(tmp_path, tiny_mo
     config_path = tiny_config(tmp_path, tiny_model_dir, addition_data, name="other", train={"steps": 4})
     train(load_config(config_path))
     shutil.rmtree(tmp_path / "other" / "checkpoints" / "step_000004")  # as if it had stopped after step 3
-    changed = ["train.micro_batch_tokens=530", "train.score_batch_size=3", "train.chunk_tokens=7", "rollout.generation_batch_size=8"]
+    changed = ["train.micro_batch_tokens=530", "train.score_batch_size=3", "train.score_batch_tokens=600", "train.chunk_tokens=7",
+               "rollout.generation_batch_size=8"]
     assert main(["train", str(config_path), "run.resume=true", *changed]) == 0
     assert "with changed settings: rollout.generation_batch_size (saved 16, now 8); train.chunk_tokens (saved 2048, now 7)" in capsys.readouterr().out
+    # the run folder says what ran after checkpoint 2: config.yaml has the new settings, resumes.log the change
+    saved = yaml.safe_load((tmp_path / "other" / "config.yaml").read_text())
+    assert (saved["train"]["micro_batch_tokens"], saved["rollout"]["generation_batch_size"]) == (530, 8)
+    log = (tmp_path / "other" / "resumes.log").read_text().splitlines()
+    assert len(log) == 1 and log[0].startswith("resumed after step 2 with: rollout.generation_batch_size (saved 16, now 8)")
     resumed = read_jsonl(tmp_path / "other" / "metrics.jsonl")
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
     for got, want in zip(resumed[2:], expected[2:]):

@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import os
 import textwrap
 import types
 import typing
@@ -147,6 +148,8 @@ class TrainConfig:
     """0: micro-batches of micro_batch_size sequences. > 0: each micro-batch of the update takes as many sequences (longest first) as fit this many token positions once trimmed of padding (sequences x (longest prompt + longest response) among them), so batches of short answers hold more of them; at least data.max_prompt_tokens + rollout.max_new_tokens."""
     score_batch_size: int = 16
     """Sequences per no-grad forward of the reference model (its log-probs for the KL term)."""
+    score_batch_tokens: int = 0
+    """0: reference forwards of score_batch_size sequences. > 0: each takes as many sequences (longest first) as fit this many token positions once trimmed of padding, as micro_batch_tokens does for the update; at least data.max_prompt_tokens + rollout.max_new_tokens."""
     chunk_tokens: int = 2048
     """Tokens per chunk of the vocabulary projection (bounds the float32 logits held at once)."""
     seed: int = 0
@@ -155,7 +158,8 @@ class TrainConfig:
     def validate(self) -> None:
         for name in ("prompts_per_step", "micro_batch_size", "score_batch_size", "chunk_tokens"):
             _require(getattr(self, name) >= 1, f"train.{name}", getattr(self, name), "a positive integer")
-        _require(self.micro_batch_tokens >= 0, "train.micro_batch_tokens", self.micro_batch_tokens, "0 (off) or a positive integer")
+        for name in ("micro_batch_tokens", "score_batch_tokens"):
+            _require(getattr(self, name) >= 0, f"train.{name}", getattr(self, name), "0 (off) or a positive integer")
         _require(self.steps >= 0, "train.steps", self.steps, "0 (use epochs) or a positive integer")
         _require(self.epochs > 0, "train.epochs", self.epochs, "a positive number")
         _require(self.lr > 0, "train.lr", self.lr, "a positive number")
@@ -283,9 +287,10 @@ class Config:
         for section in dataclasses.fields(self):
             getattr(self, section.name).validate()
         longest = self.data.max_prompt_tokens + self.rollout.max_new_tokens
-        _require(self.train.micro_batch_tokens == 0 or self.train.micro_batch_tokens >= longest,
-                 "train.micro_batch_tokens", self.train.micro_batch_tokens,
-                 f"0 (off) or at least data.max_prompt_tokens + rollout.max_new_tokens = {longest} (one sequence's longest)")
+        for name in ("micro_batch_tokens", "score_batch_tokens"):
+            budget = getattr(self.train, name)
+            _require(budget == 0 or budget >= longest, f"train.{name}", budget,
+                     f"0 (off) or at least data.max_prompt_tokens + rollout.max_new_tokens = {longest} (one sequence's longest)")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -410,7 +415,11 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True))
+    """Written whole or not at all (a kill mid-write keeps the old file: a resumed run reads it)."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True))
+    os.replace(partial, path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -129,16 +129,20 @@ def score_in_batches(
     response_ids: Tensor,
     response_mask: Tensor,
     *,
-    batch_size: int,
+    batch_size: int = 0,
+    batches: list[Tensor] | None = None,
     temperature: float = 1.0,
     progress=None,
 ) -> TokenSignals:
-    """`signal_model` over rows in batches of similar length (padding trimmed per batch); (B, T) signals on the
-    inputs' device, in the inputs' row order."""
+    """`signal_model` over rows in batches of similar length (padding trimmed per batch): `batch_size` rows each,
+    or the given `batches` of row indices (`length_batches`); (B, T) signals on the inputs' device, in the inputs'
+    row order."""
     device = next(signal_model.parameters()).device
     num_rows, width = response_ids.shape
     out = [torch.zeros(num_rows, width, device=response_ids.device) for _ in range(3)]
-    for rows in length_batches(prompt_mask, response_mask, batch_size):
+    if batches is None:
+        batches = length_batches(prompt_mask, response_mask, batch_size)
+    for rows in batches:
         batch = trim_padding(prompt_ids[rows], prompt_mask[rows], response_ids[rows], response_mask[rows])
         signals = signal_model(*(t.to(device) for t in batch), temperature=temperature)
         t = batch[2].shape[1]

@@ -77,7 +77,8 @@ class TrainingDiverged(RuntimeError):
 # memory settings change only the order of float additions; a run that ran out of memory resumes with smaller ones).
 _RESUMABLE_DIFFERENCES = {
     "run.resume", "run.overwrite", "run.progress", "run.report_to",
-    "train.micro_batch_size", "train.micro_batch_tokens", "train.score_batch_size", "train.chunk_tokens",
+    "train.micro_batch_size", "train.micro_batch_tokens", "train.score_batch_size", "train.score_batch_tokens",
+    "train.chunk_tokens",
     "rollout.generation_batch_size", "rollout.decode",
     "model.gradient_checkpointing", "model.compile_layers", "model.reference_device",
 }
@@ -147,6 +148,13 @@ def prepare_run_dir(config: Config, accelerator) -> Path:
         changed = [d for d in differences if not d.startswith("run.")]
         if changed:
             accelerator.print(f"resuming {run_dir} with changed settings: " + "; ".join(changed))
+            accelerator.wait_for_everyone()  # every process has read the saved config before it is replaced
+            if accelerator.is_main_process:  # config.yaml says what runs from here on; resumes.log keeps the history
+                latest = latest_checkpoint(run_dir)
+                with open(run_dir / "resumes.log", "a") as log:
+                    log.write(f"resumed after step {latest[0] if latest else 0} with: " + "; ".join(changed) + "\n")
+                save_config(config, saved)
+            accelerator.wait_for_everyone()
         return run_dir
     if run_dir.exists() and any(run_dir.iterdir()):
         if not config.run.overwrite:
@@ -309,11 +317,13 @@ def train(config: Config) -> Path:
         generate_end = time.perf_counter()
 
         # ---- 3. score: reference log-probs (the policy's signals came with the samples) -----------
-        score_args = dict(batch_size=cfg_train.score_batch_size, temperature=cfg_rollout.temperature)
-        tensors = rollout.select(slice(None))
         if reference is not None:
+            ref_batches = length_batches(rollout.prompt_mask, rollout.response_mask, cfg_train.score_batch_size,
+                                         cfg_train.score_batch_tokens)
+            ref_batches = same_batch_count(accelerator, ref_batches)  # a sharded reference: as many forwards everywhere
             with accelerator.autocast(), reference.scoring(signal_model) as ref_model:
-                rollout.ref_signals = score_in_batches(ref_model, **tensors, **score_args)
+                rollout.ref_signals = score_in_batches(ref_model, **rollout.select(slice(None)), batches=ref_batches,
+                                                       temperature=cfg_rollout.temperature)
             rollout.ref_logprobs = rollout.ref_signals.logprobs
         score_end = time.perf_counter()
 

@@ -72,8 +72,12 @@ want rollout && stage rollout 240 python3 bench/rollout.py --gpu-shape --rounds 
 #   7.36 GiB, the static KV cache 0.75, checkpointed hidden states, one layer's recompute): 9-10 GiB at 32 rows,
 #   about 9 at 16, against TRL's 10.46. The H100 run of 2026-11-26 had rlif@compiled
 #   (micro-batch 8, reference on the GPU, foreach AdamW): 1.66x TRL at 1.21x its memory.
+#   32 rows come first: the host issues 6,636 operators per micro-batch at 0.5B (forward, recompute, backward; on CPU
+#   without autocast: python bench/profile_update.py --model qwen2.5-0.5b --rows 16 --prompt 20 --tokens 16
+#   --variants base --repeats 1), so the update's 16 micro-batches of 8 rows (5.6 s on the H100) are likely bound by
+#   the host issuing them, not by the GPU, and fewer, larger ones should gain most.
 #   TRL at rlif's micro-batch (trl+mb32) and TRL's self-certainty-by-extra-forward run (trl+sc, first lease): RUNS=...
-RLIF_RUNS=rlif@compiled+mb16+offload,rlif-length@compiled+mb16+offload,rlif@compiled+mb32+offload,rlif@compiled+layers+mb16+offload
+RLIF_RUNS=rlif@compiled+mb32+offload,rlif@compiled+mb16+offload,rlif-length@compiled+mb16+offload,rlif@compiled+layers+mb16+offload
 if [ "$HAVE_TRL" = 1 ]; then DEFAULT_RUNS=trl,$RLIF_RUNS; else DEFAULT_RUNS=$RLIF_RUNS; echo "trl not importable: TRL runs skipped"; fi
 RUNS=${RUNS:-$DEFAULT_RUNS}
 want step && stage step 480 python3 bench/step.py --gpu-shape --rounds 1 --steps 2 --runs "$RUNS" --json "$OUT/step.json"

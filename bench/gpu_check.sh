@@ -73,8 +73,8 @@ want rollout && stage rollout 240 python3 bench/rollout.py --gpu-shape --rounds 
 #   about 9 at 16, against TRL's 10.46. The H100 run of 2026-11-26 had rlif@compiled
 #   (micro-batch 8, reference on the GPU, foreach AdamW): 1.66x TRL at 1.21x its memory.
 #   32 rows come first: the host issues 6,636 operators per micro-batch at 0.5B (forward, recompute, backward; on CPU
-#   without autocast: python bench/profile_update.py --model qwen2.5-0.5b --rows 16 --prompt 20 --tokens 16
-#   --variants base --repeats 1), so the update's 16 micro-batches of 8 rows (5.6 s on the H100) are likely bound by
+#   without autocast: bench/profile_update.py's base variant with --model qwen2.5-0.5b --rows 16 --prompt 20
+#   --tokens 16), so the update's 16 micro-batches of 8 rows (5.6 s on the H100) are likely bound by
 #   the host issuing them, not by the GPU, and fewer, larger ones should gain most.
 #   TRL at rlif's micro-batch (trl+mb32) and TRL's self-certainty-by-extra-forward run (trl+sc, first lease): RUNS=...
 RLIF_RUNS=rlif@compiled+mb32+offload,rlif@compiled+mb16+offload,rlif-length@compiled+mb16+offload,rlif@compiled+layers+mb16+offload

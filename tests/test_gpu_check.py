@@ -50,7 +50,7 @@ def test_the_gpu_script_asks_the_benchmarks_for_what_they_know():
     (default_runs,) = re.findall(r"DEFAULT_RUNS=(trl\S+);", script)
     step = load_bench("step")
     assert step.parse_runs(default_runs.replace("$RLIF_RUNS", rlif_runs)) == [
-        "trl", "rlif@compiled+mb16+offload", "rlif-length@compiled+mb16+offload", "rlif@compiled+mb32+offload",
+        "trl", "rlif@compiled+mb32+offload", "rlif@compiled+mb16+offload", "rlif-length@compiled+mb16+offload",
         "rlif@compiled+layers+mb16+offload"]
     assert step.split_run("rlif@compiled+layers") == ("rlif", "compiled", {"compile_layers": True})
     assert step.split_run("rlif-length") == ("rlif-length", "dynamic", {})

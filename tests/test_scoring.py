@@ -98,6 +98,8 @@ def test_pad_equals_eos(tiny_model_dir, tokenizer):
         for signals in (by_rows, by_budget):
             torch.testing.assert_close(signals.self_certainty[i, : len(response)].double(), ref_sc, rtol=1e-4, atol=1e-5)
             assert torch.all(signals.self_certainty[i, len(response) :] == 0)
+    with pytest.raises(ValueError, match="batch_size = 0: expected a positive integer"):
+        score_in_batches(SignalModel(model), **rollout.select(slice(None)))  # neither a batch size nor batches
 
 
 def test_gradient_flows_to_the_weights(tiny_model_dir):

@@ -141,6 +141,8 @@ def score_in_batches(
     num_rows, width = response_ids.shape
     out = [torch.zeros(num_rows, width, device=response_ids.device) for _ in range(3)]
     if batches is None:
+        if batch_size < 1:
+            raise ValueError(f"score_in_batches: batch_size = {batch_size}: expected a positive integer (or batches)")
         batches = length_batches(prompt_mask, response_mask, batch_size)
     for rows in batches:
         batch = trim_padding(prompt_ids[rows], prompt_mask[rows], response_ids[rows], response_mask[rows])

@@ -94,7 +94,8 @@ def on_any_process(accelerator, flag: bool) -> bool:
 def same_batch_count(accelerator, batches: list[torch.Tensor]) -> list[torch.Tensor]:
     """This process's micro-batches, split until every process has as many as the one with the most: under FSDP2
     each forward gathers the parameters from all processes, so all must run the same number (token-budget batches,
-    `train.micro_batch_tokens`, differ in number where the processes' answers differ in length)."""
+    `train.micro_batch_tokens` and `train.score_batch_tokens`, differ in number where the processes' answers differ
+    in length)."""
     if accelerator.num_processes == 1:
         return batches
     most = int(accelerator.reduce(torch.tensor(len(batches), device=accelerator.device), "max"))

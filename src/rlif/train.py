@@ -318,9 +318,7 @@ def train(config: Config) -> Path:
 
         # ---- 3. score: reference log-probs (the policy's signals came with the samples) -----------
         if reference is not None:
-            ref_batches = length_batches(rollout.prompt_mask, rollout.response_mask, cfg_train.score_batch_size,
-                                         cfg_train.score_batch_tokens)
-            ref_batches = same_batch_count(accelerator, ref_batches)  # a sharded reference: as many forwards everywhere
+            ref_batches = step_batches(accelerator, rollout, cfg_train.score_batch_size, cfg_train.score_batch_tokens)
             with accelerator.autocast(), reference.scoring(signal_model) as ref_model:
                 rollout.ref_signals = score_in_batches(ref_model, **rollout.select(slice(None)), batches=ref_batches,
                                                        temperature=cfg_rollout.temperature)
@@ -336,11 +334,8 @@ def train(config: Config) -> Path:
         # ---- 5. update: PPO-clip + beta * KL, token mean over the whole step -------------------
         signal_model.train()
         total_tokens = accelerator.reduce(rollout.response_mask.sum().to(accelerator.device), "sum").item()
-        # rows of similar length together (by count or by a token budget); the loss is a token mean over the whole step,
-        # so the grouping changes the gradient only by the order of float additions
-        micro_batches = length_batches(rollout.prompt_mask, rollout.response_mask, cfg_train.micro_batch_size,
-                                       cfg_train.micro_batch_tokens)
-        micro_batches = same_batch_count(accelerator, micro_batches)  # FSDP2: as many forwards on every process
+        # the loss is a token mean over the whole step, so the grouping changes the gradient only by the order of float additions
+        micro_batches = step_batches(accelerator, rollout, cfg_train.micro_batch_size, cfg_train.micro_batch_tokens)
         try:
             sums = accumulate_gradients(  # loss, policy loss, kl, clipped tokens, tokens
                 signal_model, rollout, advantages, micro_batches, total_tokens=total_tokens, device=accelerator.device,
@@ -447,6 +442,13 @@ def run_evaluation(
     sampled = [r for r in records if r["sample"] >= 0]
     summaries = {**summarize(greedy, "greedy/", answer_format), **summarize(sampled, "sampled/", answer_format)}
     return {f"eval/{k}": v for k, v in summaries.items()}
+
+
+def step_batches(accelerator, rollout: Rollout, batch_size: int, max_tokens: int) -> list[torch.Tensor]:
+    """The rollout's rows in batches of similar length (`batch_size` rows, or filled to `max_tokens` token positions),
+    as many batches on every process: under FSDP2 each forward gathers the parameters from all of them."""
+    batches = length_batches(rollout.prompt_mask, rollout.response_mask, batch_size, max_tokens)
+    return same_batch_count(accelerator, batches)
 
 
 class NonFiniteLoss(ArithmeticError):

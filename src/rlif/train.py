@@ -481,16 +481,18 @@ def accumulate_gradients(
     """
     sums = torch.zeros(5, device=device)
     for i, rows in enumerate(micro_batches):
-        mb = trim_padding(*rollout.select(rows).values())
-        width = mb[2].shape[1]
+        trimmed = trim_padding(*rollout.select(rows).values())
+        prompt_ids, prompt_mask, response_ids, response_mask = (t.to(device) for t in trimmed)
+        width = response_ids.shape[1]
         last = i == len(micro_batches) - 1
         with no_sync(last), compiled_layers(signal_model, compile_layers):
-            signals = signal_model(*(t.to(device) for t in mb), temperature=temperature, logprobs_only=True)
+            signals = signal_model(prompt_ids, prompt_mask, response_ids, response_mask, temperature=temperature,
+                                   logprobs_only=True)
             terms = policy_loss(
                 signals.logprobs,
                 signals.logprobs.detach(),  # pi_old: one update per step, so the weights that sampled are these
                 advantages[rows].to(device),
-                mb[3].to(device),
+                response_mask,
                 clip_eps=clip_eps,
                 kl_coef=kl_coef,
                 ref_logprobs=None if rollout.ref_logprobs is None else rollout.ref_logprobs[rows, :width].to(device),

@@ -21,8 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import build_model, current_rss_bytes, gib, table  # noqa: E402
 
-from rlif.models import enable_activation_checkpointing  # noqa: E402
-from rlif.scoring import SignalModel  # noqa: E402
+from rlif.models.load import enable_activation_checkpointing
+from rlif.signals.model import SignalModel
 
 
 def measure(model_name: str, cached: bool) -> list[int]:
@@ -40,7 +40,7 @@ def measure(model_name: str, cached: bool) -> list[int]:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="qwen2.5-0.5b", help="cpu-tiny | qwen2.5-0.5b | qwen2.5-1.5b")
+    parser.add_argument("--model", default="qwen2.5-0.5b", help="cpu-tiny | cpu-wide | qwen2.5-0.5b | qwen2.5-1.5b")
     parser.add_argument("--worker", choices=["on", "off"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:

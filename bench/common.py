@@ -24,6 +24,9 @@ SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\
 # A CPU-sized model with the real Qwen2.5 vocabulary (151,936) and head layout: the lm_head and the
 # sampling over 152k tokens cost what they cost at full size; the decoder is shrunk to fit 2 cores.
 CPU_TINY = {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+# Wide decoder, small vocabulary: 67M decoder parameters, so what happens to their bf16 casts shows in resident memory
+CPU_WIDE = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 4, "num_attention_heads": 8,
+            "num_key_value_heads": 8, "vocab_size": 1000, "tie_word_embeddings": True}
 
 
 def versions() -> str:
@@ -71,12 +74,13 @@ def load_tokenizer():
 
 
 def build_model(size: str, dtype: torch.dtype = torch.float32, seed: int = 0):
-    """Random-init Qwen2.5 architecture ("qwen2.5-0.5b", "qwen2.5-1.5b") or "cpu-tiny" (real vocab, tiny decoder)."""
+    """Random-init Qwen2.5 architecture ("qwen2.5-0.5b", "qwen2.5-1.5b"), "cpu-tiny" (real vocab, tiny decoder) or
+    "cpu-wide" (a wide decoder, a small vocabulary)."""
     from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config
 
-    if size == "cpu-tiny":
+    if size in ("cpu-tiny", "cpu-wide"):
         base = json.loads(ARCHITECTURES["qwen2.5-0.5b"].read_text())
-        base.update(CPU_TINY)
+        base.update(CPU_TINY if size == "cpu-tiny" else CPU_WIDE)
         base.pop("architectures", None)
         base.pop("model_type", None)
         base.pop("torch_dtype", None)

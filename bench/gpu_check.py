@@ -54,6 +54,7 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and optimizer state dtype")
     parser.add_argument("--time-budget", type=float, default=120.0, help="seconds from the start; the probe stops when they are spent")
     parser.add_argument("--output", type=Path, default=None, help="write the report as JSON here")
+    parser.add_argument("--work", type=Path, default=None, help="keep the model, config and run here (default: a temporary folder)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.response_tokens, args.prompt_tokens, args.prompts, args.group_size = 8, 16, 2, 2
@@ -81,12 +82,13 @@ def make_model_folder(args, folder: Path, device: torch.device) -> int:
 
 
 def run_steps(args, model_dir: Path, work: Path, cuda: bool) -> dict:
-    """`rlif.train.train` for --steps steps; per-step times from metrics.jsonl and the peak memory."""
+    """--steps training steps through `rlif.rl.step.train_step` (what `rlif train` runs, without evaluation and
+    checkpoint writing, which are not what is measured); per-step times and the peak memory."""
     import yaml
 
-    import rlif.train
     from rlif.config import load_config
-    from rlif.runlog import read_jsonl
+    from rlif.rl.train import set_up, step_prompts
+    from rlif.rl.step import train_step
 
     prompts = work / "prompts.jsonl"  # the first problems of MATH train: enough for the steps, quick to tokenize
     lines = MATH_TRAIN.read_text(encoding="utf-8").splitlines()[: 2 * args.prompts * args.steps]
@@ -102,30 +104,28 @@ def run_steps(args, model_dir: Path, work: Path, cuda: bool) -> dict:
         "run": {"output_dir": str(work / "run"), "progress": False, "save_every": 10**6, "sample_every": 10**6},
     }
     (work / "config.yaml").write_text(yaml.safe_dump(raw))
-    save = rlif.train._save
-    rlif.train._save = lambda *args, **kwargs: None  # checkpoint writing is not what is measured
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    try:
-        rlif.train.train(load_config(work / "config.yaml"))
-    finally:
-        rlif.train._save = save
-    wall = time.perf_counter() - start
+    _, run = set_up(load_config(work / "config.yaml"))
     steps = []
-    for m in read_jsonl(work / "run" / "metrics.jsonl"):
-        steps.append({"step": m["step"], "step_s": m["time/step_s"], "generate_s": m["time/generate_s"],
-                      "score_s": m["time/score_s"], "update_s": m["time/update_s"], "tokens_per_s": m["time/tokens_per_s"],
-                      "response_len_mean": m["rollout/len_mean"], "truncated": m["rollout/truncated"]})
+    for step in range(1, run.num_steps + 1):
+        metrics = train_step(run.state, step, step_prompts(run.state, run.prompts, step)).metrics
+        steps.append({"step": step, "step_s": metrics["time/step_s"], "generate_s": metrics["time/generate_s"],
+                      "score_s": metrics["time/score_s"], "update_s": metrics["time/update_s"],
+                      "tokens_per_s": metrics["time/tokens_per_s"], "response_len_mean": metrics["rollout/len_mean"],
+                      "truncated": metrics["rollout/truncated"], "reward_mean": metrics["reward/mean"],
+                      "loss_policy": metrics["loss/policy"], "kl": metrics["signals/kl_ref"]})
+    wall = time.perf_counter() - start
     return {"steps": steps, "train_wall_s": wall, "peak_memory_gib": torch.cuda.max_memory_allocated() / GIB if cuda else None,
             "config": raw}
 
 
 def probe_micro_batches(args, model_dir: Path, device: torch.device, deadline: float) -> list[dict]:
     """Forward + backward of the update at growing micro-batches, with the training state resident."""
-    from rlif.grpo import policy_loss
-    from rlif.models import enable_activation_checkpointing, load_model
-    from rlif.scoring import SignalModel
+    from rlif.rl.loss import policy_loss
+    from rlif.models.load import enable_activation_checkpointing, load_model
+    from rlif.signals.model import SignalModel
 
     cuda = device.type == "cuda"
     policy = load_model(str(model_dir), args.dtype).to(device)
@@ -197,7 +197,7 @@ def main(argv=None) -> dict:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
     with tempfile.TemporaryDirectory(prefix="rlif-gpu-check-") as tmp:
-        work = Path(tmp)
+        work = args.work or Path(tmp)
         report["parameters"] = make_model_folder(args, work / "model", device)
         # The probe first: it is quick, and the steps (minutes, mostly generation) cannot then starve it.
         report["micro_batches"] = probe_micro_batches(args, work / "model", device, start + args.time_budget)

@@ -37,9 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import build_model, device_name, gib, profile_call, profile_report, table, timed, versions  # noqa: E402
 from update_batches import update  # noqa: E402
 
-from rlif.models import enable_activation_checkpointing  # noqa: E402
-from rlif.rollout import Rollout  # noqa: E402
-from rlif.scoring import SignalModel, length_batches  # noqa: E402
+from rlif.models.load import enable_activation_checkpointing
+from rlif.rl.rollout import Rollout
+from rlif.signals.model import SignalModel
+from rlif.signals.batching import length_batches
 
 VARIANTS = ["base", "compiled", "mb32", "bf16-weights", "no-ckpt", "mb16", "cached-casts"]  # in order of interest: a stage cut short keeps the first
 

@@ -46,7 +46,7 @@ def hf_generate(model, tokenizer, texts, args, static=False):
 
 
 def rlif_sample(model, tokenizer, prompt_ids, args, track_signals=True, decode="dynamic"):
-    from rlif.sampling import sample
+    from rlif.sampling.native import sample
 
     samples = sample(
         model, prompt_ids, num_samples=args.group, max_new_tokens=args.tokens, eos_ids=eos_ids(tokenizer),

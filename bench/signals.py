@@ -13,7 +13,7 @@ Variants (each measured in a fresh subprocess, so one variant's allocations cann
               forward then prepares it and the backward only scales rows (no recomputed logits)
   fused-torch, fused-torch+bwd, fused-torch+hbwd   the same with backend="torch" (on CUDA, `fused` runs the Triton kernels)
   Any fused variant takes a chunk size after '@' (`fused@2048`) to compare chunk sizes in one run, and the Triton
-  forward kernel's lanes per row and warps after '#' (`fused@2048#4096x8`; default rlif.triton_signals.FORWARD_LAUNCH).
+  forward kernel's lanes per row and warps after '#' (`fused@2048#4096x8`; default rlif.signals.triton_kernels.FORWARD_LAUNCH).
 
 Peak extra memory: on CPU, the subprocess builds its inputs, runs one small warm-up, resets the kernel's peak
 resident-set counter (/proc/self/clear_refs), reads its resident set size, runs the variant once and reads the peak
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from rlif import triton_signals
+from rlif.signals import triton_kernels as triton_signals
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import current_rss_bytes, device_name, gib, peak_rss_bytes, reset_peak_rss, sync, table, timed, versions  # noqa: E402
@@ -77,7 +77,7 @@ def make_inputs(args, device):
 
 
 def run_variant(variant, hidden, weight, targets, args):
-    from rlif.signals import hidden_signals
+    from rlif.signals.chunked import hidden_signals
 
     temperature = args.temperature
     variant, _, launch = variant.partition("#")

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from rlif.config import DECODE_MODES
+from rlif.sampling import DECODE_MODES
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
@@ -70,8 +70,8 @@ def run_rlif(args, work: Path, reward: str, decode: str, compile_layers: bool = 
     import yaml
 
     from rlif.config import load_config
-    from rlif.runlog import read_jsonl
-    from rlif.train import train
+    from rlif.data.jsonl import read_log as read_jsonl
+    from rlif.rl.train import train
 
     out = work / f"rlif-{reward.replace(':', '_')}-{time.time_ns()}"
     raw = {
@@ -154,7 +154,7 @@ def worker(args) -> dict:
     gpu = torch.cuda.is_available()
     if args.worker.startswith("trl"):
         import trl  # noqa: F401  (imports before the memory baseline)
-    import rlif.train  # noqa: F401
+    import rlif.rl.train  # noqa: F401
     import transformers  # noqa: F401
 
     work = Path(args.work)

@@ -29,7 +29,7 @@ CAPABILITIES = (80, 90)  # A100, H100/H200
 
 
 def load_kernels(path: Path | None):
-    """(module, forward kernel, backward kernel) of rlif.triton_signals or of a file holding another version of it."""
+    """(module, forward kernel, backward kernel) of rlif.signals.triton_kernels or of a file holding another version of it."""
     if path is None:
         from rlif import triton_signals as module
     else:

@@ -27,11 +27,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_name, table, versions  # noqa: E402
 
-from rlif.config import load_config  # noqa: E402
-from rlif.models import load_model, load_tokenizer  # noqa: E402
-from rlif.rollout import generate_rollout, seed_for  # noqa: E402
-from rlif.scoring import SignalModel, length_batches, trim_padding  # noqa: E402
-from rlif.train import accumulate_gradients, prepare_prompts  # noqa: E402
+from rlif.config import load_config
+from rlif.models.load import load_model, load_tokenizer
+from rlif.rl.rollout import generate_rollout
+from rlif.sampling.keys import seed_for
+from rlif.signals.model import SignalModel
+from rlif.signals.batching import length_batches, trim_padding
+from rlif.rl.step import accumulate_gradients
+from rlif.data.prompts import prepare_prompts
 
 MAIN_JOB = Path(__file__).resolve().parent.parent / "configs" / "testbed" / "intuitor.yaml"
 
@@ -68,7 +71,7 @@ def main(argv=None) -> dict:
     config = load_config(args.config)
     tokenizer = load_tokenizer(config.model.path)
     model = load_model(config.model.path, config.model.dtype)
-    prompts = prepare_prompts(config, tokenizer, config.data.path)
+    prompts = prepare_prompts(config.data, tokenizer, config.data.path)
     signal_model = SignalModel(model, chunk_size=config.train.chunk_tokens)
     per_step = config.train.prompts_per_step
     rollouts = []

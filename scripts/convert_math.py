@@ -19,7 +19,7 @@ import re
 import sys
 from pathlib import Path
 
-from rlif.answers import last_boxed
+from rlif.data.answers import last_boxed
 
 _BRACELESS_BOXED = re.compile(r"\\boxed\s+(\\[A-Za-z]+|[^\s{])")  # \boxed 2: the argument is one token
 

@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 
 from rlif.config import load_config
-from rlif.models import load_model, load_tokenizer
-from rlif.score import encode_pairs
-from rlif.scoring import SignalModel, score_in_batches
-from rlif.signals import masked_mean
+from rlif.models.load import load_model, load_tokenizer
+from rlif.signals.score import encode_pairs
+from rlif.signals.model import SignalModel
+from rlif.signals.batching import score_in_batches
+from rlif.signals.tokens import masked_mean
 from rlif.testbed.task import direct_response, held_out_problems, prompt_text, step_response
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from rlif.tiny import char_tokenizer, save_tiny_model, tiny_causal_lm
+from rlif.testbed.tiny import char_tokenizer, save_tiny_model, tiny_causal_lm
 
 ALPHABET = "0123456789+= \n"
 

@@ -2,7 +2,7 @@
 
 import os
 
-from rlif.rewards import self_certainty_reward
+from rlif.rl.rewards import self_certainty_reward
 
 CALLS = {"n": 0}
 

@@ -4,9 +4,9 @@ import threading
 
 import pytest
 
-from rlif.answers import MATH, answers_match, extract_answer, last_boxed, parse_number
-from rlif.benchmarks import get_benchmark
-from rlif.data import read_records
+from rlif.data.answers import MATH, answers_match, extract_answer, last_boxed, parse_number
+from rlif.data.benchmarks import get_benchmark
+from rlif.data.prompts import read_records
 
 
 def test_every_bundled_reference_solution_checks_as_correct():

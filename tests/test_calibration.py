@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from rlif.calibration import separation
+from rlif.eval.calibration import separation
 
 
 def test_perfect_and_reversed_separation():
@@ -53,7 +53,8 @@ def test_against_pair_counting_and_the_tie_corrected_normal_approximation():
 
 
 def test_calibration_report_and_histogram(tmp_path):
-    from rlif.calibration import calibration_report, plot_calibration
+    from rlif.eval.calibration import calibration_report
+    from rlif.runs.plots import plot_calibration
 
     records = [
         {"sample": -1, "self_certainty": 2.0, "correct": True},

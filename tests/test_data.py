@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from rlif.data import DataError, load_prompts, render_prompt
+from rlif.errors import DataError
+from rlif.data.prompts import load_prompts, render_prompt
 
 
 def write_lines(path, lines):

@@ -6,9 +6,9 @@ import json
 import pytest
 import yaml
 
-from rlif.answers import MATH
+from rlif.data.answers import MATH
 from rlif.cli import main
-from rlif.runlog import read_jsonl
+from rlif.data.jsonl import read_log as read_jsonl
 
 FIELDS = {"problem", "sample", "prompt", "label", "response", "answer", "correct", "self_certainty", "entropy", "mean_logprob", "num_tokens", "truncated"}
 
@@ -97,9 +97,10 @@ def test_eval_refuses_other_settings_and_bad_input_before_loading(tmp_path, tiny
 
 def test_eval_of_a_training_run_uses_its_prompt_settings(tmp_path, tiny_model_dir, addition_data):
     from rlif.config import load_config
-    from rlif.evaluate import generate_records
-    from rlif.models import eos_token_ids, load_model, load_tokenizer
-    from rlif.train import prepare_prompts, train
+    from rlif.eval.generate import generate_records
+    from rlif.models.load import eos_token_ids, load_model, load_tokenizer
+    from rlif.data.prompts import prepare_prompts
+    from rlif.rl.train import train
 
     raw = {
         "model": {"path": str(tiny_model_dir)},
@@ -120,7 +121,7 @@ def test_eval_of_a_training_run_uses_its_prompt_settings(tmp_path, tiny_model_di
 
     # The responses are the ones the latest checkpoint gives to prompts rendered by training's own code.
     tokenizer, model = load_tokenizer(str(checkpoint)), load_model(str(checkpoint))
-    prompts = prepare_prompts(config, tokenizer, str(addition_data), limit=3)
+    prompts = prepare_prompts(config.data, tokenizer, str(addition_data), limit=3)
     direct = generate_records(
         model, tokenizer, prompts.records, prompts.rendered, MATH, max_new_tokens=5, eos_ids=eos_token_ids(tokenizer, model), greedy=True
     )
@@ -130,10 +131,10 @@ def test_eval_of_a_training_run_uses_its_prompt_settings(tmp_path, tiny_model_di
 def test_evaluate_an_empty_share_of_the_problems_with_a_reference(tiny_model_dir, tokenizer):
     """A process whose share of the eval problems is empty (fewer problems than processes) still enters the
     reference's scope (under FSDP2 the others gather its parameters there) and returns no records."""
-    from rlif.answers import get_answer_format
-    from rlif.evaluate import evaluate
-    from rlif.models import load_model
-    from rlif.scoring import SignalModel
+    from rlif.data.answers import get_answer_format
+    from rlif.eval.generate import generate_records
+    from rlif.models.load import load_model
+    from rlif.signals.model import SignalModel
 
     model = load_model(str(tiny_model_dir)).eval()
     entered = []
@@ -143,6 +144,8 @@ def test_evaluate_an_empty_share_of_the_problems_with_a_reference(tiny_model_dir
         entered.append(True)
         yield SignalModel(model)
 
-    result = evaluate(model, tokenizer, [], [], get_answer_format("arithmetic"), max_new_tokens=4,
-                      eos_ids=[tokenizer.eos_token_id], num_samples=2, reference=reference)
-    assert result.records == [] and entered == [True, True]  # the greedy and the sampled pass
+    for greedy in (True, False):
+        records = generate_records(model, tokenizer, [], [], get_answer_format("arithmetic"), max_new_tokens=4,
+                                   eos_ids=[tokenizer.eos_token_id], greedy=greedy, num_samples=2, reference=reference)
+        assert records == []
+    assert entered == [True, True]  # the greedy and the sampled pass

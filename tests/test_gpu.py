@@ -1,10 +1,12 @@
 """GPU paths against the CPU/float64 references. Skipped without CUDA; `bench/gpu_check.sh` runs them on a GPU."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from reference import assert_close, reference
-from rlif.signals import hidden_signals
+from rlif.signals.chunked import hidden_signals
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check.sh)")
 
@@ -47,10 +49,10 @@ def test_hidden_signals_on_cuda_match_the_float64_reference(compute_dtype, tempe
 
 
 def test_sampler_on_cuda_matches_the_scoring_pass_and_hf_greedy(tiny_model_dir):
-    from rlif.models import eos_token_ids, load_model, load_tokenizer
-    from rlif.sampling import sample
-    from rlif.score import pad_pairs
-    from rlif.scoring import SignalModel
+    from rlif.models.load import eos_token_ids, load_model, load_tokenizer
+    from rlif.sampling.native import sample
+    from rlif.signals.batching import pad_pairs
+    from rlif.signals.model import SignalModel
 
     model, tokenizer = load_model(str(tiny_model_dir)).cuda().eval(), load_tokenizer(str(tiny_model_dir))
     eos = eos_token_ids(tokenizer, model)
@@ -76,8 +78,8 @@ def cuda_training_run(tmp_path, tiny_model_dir, addition_data, name="run", **mod
     import yaml
 
     from rlif.config import load_config
-    from rlif.runlog import read_jsonl
-    from rlif.train import train
+    from rlif.data.jsonl import read_log as read_jsonl
+    from rlif.rl.train import train
 
     raw = {
         "model": {"path": str(tiny_model_dir), **model},
@@ -93,8 +95,18 @@ def cuda_training_run(tmp_path, tiny_model_dir, addition_data, name="run", **mod
 
 
 def test_training_steps_on_cuda(tmp_path, tiny_model_dir, addition_data):
+    """Three bf16 steps on the GPU train: the policy starts at the reference (KL 0), moves away from it, and its
+    weights change; every loss is finite."""
+    from safetensors.torch import load_file
+
+    from rlif.rl.checkpoint import latest_checkpoint
+
     metrics = cuda_training_run(tmp_path, tiny_model_dir, addition_data)
     assert len(metrics) == 3 and all(torch.isfinite(torch.tensor(m["loss/policy"])) for m in metrics)
+    assert metrics[0]["signals/kl_ref"] == pytest.approx(0.0, abs=1e-3) and metrics[-1]["signals/kl_ref"] > metrics[0]["signals/kl_ref"]
+    before = load_file(Path(tiny_model_dir) / "model.safetensors")
+    after = load_file(latest_checkpoint(tmp_path / "run")[1] / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k].to(before[k].dtype)) for k in before)
 
 
 def test_compiled_layers_on_cuda_train_what_eager_layers_train(tmp_path, tiny_model_dir, addition_data):
@@ -110,8 +122,8 @@ def test_compiled_layers_on_cuda_train_what_eager_layers_train(tmp_path, tiny_mo
 
 @pytest.mark.parametrize("decode", ["static", "compiled"])
 def test_static_and_compiled_decode_on_cuda_draw_what_the_dynamic_one_draws(tiny_model_dir, decode):
-    from rlif.models import eos_token_ids, load_model, load_tokenizer
-    from rlif.sampling import sample
+    from rlif.models.load import eos_token_ids, load_model, load_tokenizer
+    from rlif.sampling.native import sample
 
     torch.backends.cuda.matmul.allow_tf32 = False
     model, tokenizer = load_model(str(tiny_model_dir)).cuda().eval(), load_tokenizer(str(tiny_model_dir))
@@ -127,7 +139,7 @@ def test_static_and_compiled_decode_on_cuda_draw_what_the_dynamic_one_draws(tiny
 
 
 def test_bf16_weight_gradient_products_accumulate_in_float32_on_cuda():
-    from rlif.signals import _add_product, _float32_output_matmul
+    from rlif.signals.chunked import _add_product, _float32_output_matmul
 
     assert _float32_output_matmul(torch.device("cuda", torch.cuda.current_device()), torch.bfloat16), "torch >= 2.8 adds bf16 products in float32"
     generator = torch.Generator().manual_seed(6)

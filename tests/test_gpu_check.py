@@ -9,16 +9,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_gpu_check_smoke_mode(tmp_path):
+    """The script's steps are `rlif train`'s steps: the same config trained by `train` logs the same rewards and losses."""
     spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
     output = tmp_path / "report.json"
-    import rlif.train
-
-    save = rlif.train._save
-    report = gpu_check.main(["--smoke", "--output", str(output)])
-    assert rlif.train._save is save  # the script switches checkpoint writing off only while it runs
+    work = tmp_path / "work"
+    report = gpu_check.main(["--smoke", "--output", str(output), "--work", str(work)])
     assert json.loads(output.read_text()) == json.loads(json.dumps(report))
+    from rlif.config import load_config
+    from rlif.data.jsonl import read_log
+    from rlif.rl.train import train
+
+    trained = read_log(train(load_config(work / "config.yaml", [f"run.output_dir={tmp_path / 'trained'}"])) / "metrics.jsonl")
+    for step, logged in zip(report["steps"], trained):
+        assert (step["reward_mean"], step["loss_policy"], step["kl"]) == (logged["reward/mean"], logged["loss/policy"], logged["signals/kl_ref"])
     assert report["mode"].startswith("smoke") and report["parameters"] > 151936 * 64  # the real vocabulary
     assert [s["step"] for s in report["steps"]] == [1, 2]
     for step in report["steps"]:

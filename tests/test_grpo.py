@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlif.grpo import group_advantages, k3_kl, policy_loss
+from rlif.rl.loss import group_advantages, k3_kl, policy_loss
 
 
 def test_group_advantages_by_hand():

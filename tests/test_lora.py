@@ -8,13 +8,14 @@ import pytest
 import torch
 import yaml
 
-import rlif.lora
-import rlif.train
-from rlif.checkpoint import latest_checkpoint
-from rlif.config import ConfigError, load_config
-from rlif.parallel import check_supported_setup
-from rlif.runlog import read_jsonl
-from rlif.train import train
+import rlif.models.lora
+import rlif.rl.train
+from rlif.rl.checkpoint import latest_checkpoint
+from rlif.errors import ConfigError
+from rlif.config import load_config
+from rlif.rl.distributed import check_supported_setup
+from rlif.data.jsonl import read_log as read_jsonl
+from rlif.rl.train import train
 
 pytest.importorskip("peft")
 
@@ -38,7 +39,7 @@ def test_lora_run_reference_checkpoints_and_resume(tmp_path, tiny_model_dir, add
     from transformers import AutoModelForCausalLM
 
     loads = []
-    for module in (rlif.lora, rlif.train):  # every full model the run loads
+    for module in (rlif.models.lora, rlif.rl.train):  # every full model the run loads
         real = module.load_model
         monkeypatch.setattr(module, "load_model", lambda *a, _real=real, **k: loads.append(a[0]) or _real(*a, **k))
     config_path = lora_config(tmp_path, tiny_model_dir, addition_data)
@@ -70,8 +71,8 @@ def test_lora_run_reference_checkpoints_and_resume(tmp_path, tiny_model_dir, add
 
 def test_adapter_initialization_follows_the_seed(tiny_model_dir):
     from rlif.config import LoraConfig
-    from rlif.lora import apply_lora
-    from rlif.models import load_model
+    from rlif.models.lora import apply_lora
+    from rlif.models.load import load_model
 
     def adapters(seed):
         model = apply_lora(load_model(str(tiny_model_dir)), LoraConfig(rank=4), seed)
@@ -139,7 +140,7 @@ def test_gradient_checkpointing_is_on_and_leaves_the_gradients_unchanged(tmp_pat
     for checkpointing in (False, True):
         config = load_config(lora_config(tmp_path, tiny_model_dir, addition_data),
                              [f"lora.rank={rank}", f"model.gradient_checkpointing={str(checkpointing).lower()}"])
-        policy = rlif.lora.load_policy(config).train()
+        policy = rlif.models.lora.load_policy(config).train()
         on = getattr(policy, "is_activation_checkpointing", None)  # transformers >= 5.2x; older: is_gradient_checkpointing
         assert (policy.is_gradient_checkpointing if on is None else on) == checkpointing
         ids = torch.arange(3, 23)[None] % policy.config.vocab_size

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from rlif.config import Config, load_config
-from rlif.models import load_tokenizer
-from rlif.train import prepare_prompts, total_steps
+from rlif.models.load import load_tokenizer
+from rlif.data.prompts import prepare_prompts
+from rlif.rl.train import total_steps
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = {  # size: (lr, prompts per step, G, beta) from arXiv 2505.19590 (PAPER.md)
@@ -60,7 +61,7 @@ def test_paper_prompts_and_step_counts(monkeypatch):
     """With the Qwen2.5 tokenizer and the chat template, 70 MATH prompts exceed 512 tokens: 58 and 116 steps per epoch."""
     monkeypatch.chdir(REPO)
     config = load_config(REPO / "configs" / "paper" / "intuitor-qwen2.5-1.5b.yaml")
-    prompts = prepare_prompts(config, load_tokenizer(str(qwen_tokenizer_dir())), config.data.path)
+    prompts = prepare_prompts(config.data, load_tokenizer(str(qwen_tokenizer_dir())), config.data.path)
     assert (len(prompts.records), prompts.dropped) == (7428, 70)
     assert "put your final answer within \\boxed{}" in prompts.rendered[0] and prompts.rendered[0].endswith("<|im_start|>assistant\n")
     assert total_steps(config, len(prompts.records)) == 58

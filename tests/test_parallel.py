@@ -19,11 +19,11 @@ import torch
 import yaml
 from conftest import ALPHABET, write_addition_data
 
-from rlif.checkpoint import latest_checkpoint
+from rlif.rl.checkpoint import latest_checkpoint
 from rlif.config import load_config
-from rlif.runlog import read_jsonl
-from rlif.tiny import char_tokenizer, tiny_causal_lm
-from rlif.train import train
+from rlif.data.jsonl import read_log as read_jsonl
+from rlif.testbed.tiny import char_tokenizer, tiny_causal_lm
+from rlif.rl.train import train
 
 STEPS = 3
 TESTS = Path(__file__).parent
@@ -179,8 +179,8 @@ def test_lora_ddp_two_processes_match_one_process(setup):
 
 def offload_reference_case(device: torch.device):
     """(the on-device reference's signals, the offloaded one's, and that module's tensors before and after)."""
-    from rlif.parallel import Reference
-    from rlif.scoring import SignalModel
+    from rlif.rl.reference import Reference
+    from rlif.signals.model import SignalModel
 
     model = tiny_causal_lm(len(char_tokenizer(ALPHABET)), hidden_size=32, num_layers=2, seed=3).eval()  # tied head
     inputs = [t.to(device) for t in (torch.tensor([[0, 5, 6]]), torch.tensor([[0, 1, 1]]), torch.tensor([[7, 8, 9, 2]]),
@@ -205,7 +205,7 @@ def test_an_offloaded_reference_scores_as_before_and_keeps_its_host_copies():
 
 
 def test_split_largest_splits_the_largest_batch_in_place_until_the_count():
-    from rlif.parallel import split_largest
+    from rlif.rl.distributed import split_largest
 
     batches = [torch.tensor([4, 0, 2]), torch.tensor([1, 3, 5, 6, 7]), torch.tensor([8])]
     assert [b.tolist() for b in split_largest(batches, 3)] == [[4, 0, 2], [1, 3, 5, 6, 7], [8]]

@@ -3,23 +3,12 @@
 import pytest
 import torch
 
-from rlif.answers import MATH, agreement, plurality
-from rlif.config import ConfigError, load_config
-from rlif.rewards import (
-    REWARDS,
-    WeightedSum,
-    build_reward,
-    compute_reward,
-    negative_entropy_reward,
-    offline_self_certainty_reward,
-    plurality_reward,
-    random_reward,
-    register,
-    resolve_reward,
-    self_certainty_reward,
-)
-from rlif.rollout import LabelsHiddenError, Rollout
-from rlif.signals import TokenSignals
+from rlif.data.answers import MATH, agreement, plurality
+from rlif.errors import ConfigError
+from rlif.config import load_config
+from rlif.rl.rewards import REWARDS, WeightedSum, build_reward, compute_reward, negative_entropy_reward, offline_self_certainty_reward, plurality_reward, random_reward, register, resolve_reward, self_certainty_reward
+from rlif.rl.rollout import LabelsHiddenError, Rollout
+from rlif.signals.tokens import TokenSignals
 from rlif.testbed.task import ARITHMETIC
 
 
@@ -41,7 +30,6 @@ def hand_rollout(answers, group_size, labels=None, self_certainty=None, entropy=
         prompt_mask=torch.ones(n, 2, dtype=torch.long),
         response_ids=(torch.arange(n * 3).view(n, 3) % 4 + 7) * response_mask,
         response_mask=response_mask,
-        group_ids=torch.arange(n) // group_size,
         group_size=group_size,
         prompts=["p"] * n,
         completions=[f"answer: {a}" if a is not None else "" for a in answers],
@@ -159,9 +147,10 @@ def test_reward_config_errors_name_the_field(tmp_path):
 
 def test_offline_and_online_self_certainty_differ_after_an_update(tiny_model_dir):
     """Both equal the same model's self-certainty before any update; after one, only the online one moves."""
-    from rlif.models import eos_token_ids, load_model, load_tokenizer
-    from rlif.rollout import generate_rollout
-    from rlif.scoring import SignalModel, score_in_batches
+    from rlif.models.load import eos_token_ids, load_model, load_tokenizer
+    from rlif.rl.rollout import generate_rollout
+    from rlif.signals.model import SignalModel
+    from rlif.signals.batching import score_in_batches
 
     policy, tokenizer = load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
     reference = SignalModel(load_model(str(tiny_model_dir))).eval()

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from rlif.models import eos_token_ids, load_model, load_tokenizer
-from rlif.rewards import compute_reward, correctness_reward, register, resolve_reward, REWARDS
-from rlif.rollout import LabelsHiddenError, generate_rollout
-from rlif.scoring import SignalModel, score_in_batches
+from rlif.models.load import eos_token_ids, load_model, load_tokenizer
+from rlif.rl.rewards import compute_reward, correctness_reward, register, resolve_reward, REWARDS
+from rlif.rl.rollout import LabelsHiddenError, generate_rollout
+from rlif.signals.model import SignalModel
+from rlif.signals.batching import score_in_batches
 
 
 def rollout_for(model_dir, prompts, **overrides):
@@ -41,7 +42,6 @@ def test_samples_follow_softmax_over_temperature_whatever_the_generation_config(
 def test_layout_masks_and_completions(tiny_model_dir):
     prompts = ["<|user|>1+1=\n<|assistant|>", "<|user|>12+30=\n<|assistant|>"]
     _, tokenizer, rollout = rollout_for(tiny_model_dir, prompts, labels=["2", "42"])
-    assert rollout.group_ids.tolist() == [0, 0, 0, 1, 1, 1]
     assert rollout.prompts == [prompts[0]] * 3 + [prompts[1]] * 3 and rollout.labels == ["2"] * 3 + ["42"] * 3
     assert rollout.prompt_mask[0].tolist()[:3] == [0, 0, 1]  # the shorter prompt is left-padded
     eos = tokenizer.eos_token_id

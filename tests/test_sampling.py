@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from reference import keyed_uniform_reference
-from rlif.models import eos_token_ids, load_model, load_tokenizer
-from rlif.sampling import _COMPILED_DECODERS, draw_tokens, keyed_uniform, sample
-from rlif.score import pad_pairs
-from rlif.scoring import SignalModel
+from rlif.models.load import eos_token_ids, load_model, load_tokenizer
+from rlif.sampling.native import _COMPILED_DECODERS, draw_tokens, sample
+from rlif.sampling.keys import keyed_uniform
+from rlif.signals.batching import pad_pairs
+from rlif.signals.model import SignalModel
 
 PROMPTS = ["<|user|>1+2=\n<|assistant|>", "<|user|>123+45=\n<|assistant|>", "<|user|>7=\n<|assistant|>"]
 
@@ -176,7 +177,7 @@ def test_unknown_decode_mode_is_refused(loaded):
 
 
 def test_static_decode_refuses_sliding_window_models_with_the_reason():
-    from rlif.tiny import tiny_causal_lm
+    from rlif.testbed.tiny import tiny_causal_lm
 
     model = tiny_causal_lm(20, architecture="qwen2", hidden_size=32, seed=0)
     model.config.sliding_window = 4

@@ -8,8 +8,8 @@ import torch
 
 from reference import reference_exact
 from rlif.cli import main
-from rlif.models import load_model, load_tokenizer
-from rlif.runlog import read_jsonl
+from rlif.models.load import load_model, load_tokenizer
+from rlif.data.jsonl import read_log as read_jsonl
 
 ROWS = [
     {"prompt": "12+3=", "response": "15</s>", "id": "a"},

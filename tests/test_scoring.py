@@ -5,10 +5,11 @@ import copy
 import pytest
 import torch
 
-from rlif.models import load_model
-from rlif.rollout import generate_rollout
-from rlif.score import pad_pairs
-from rlif.scoring import SignalModel, length_batches, score_in_batches
+from rlif.models.load import load_model
+from rlif.rl.rollout import generate_rollout
+from rlif.signals.batching import pad_pairs
+from rlif.signals.model import SignalModel
+from rlif.signals.batching import length_batches, score_in_batches
 from reference import reference_exact
 
 

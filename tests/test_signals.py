@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from reference import assert_close, assert_signals_match_float64, reference, reference_exact
-from rlif.signals import block_signals, hidden_signals, logit_signals, masked_mean
+from rlif.signals.tokens import block_signals, logit_signals, masked_mean
+from rlif.signals.chunked import hidden_signals
 
 
 
@@ -262,7 +263,7 @@ def test_peaked_rows_at_a_temperature_keep_relative_precision():
 
 
 def test_backend_choice_is_validated():
-    from rlif import triton_signals
+    from rlif.signals import triton_kernels as triton_signals
 
     args = (torch.randn(2, 4), torch.randn(5, 4), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="backend must be"):
@@ -274,7 +275,7 @@ def test_backend_choice_is_validated():
 
 
 def test_add_product_accumulates_low_precision_products_into_float32():
-    from rlif.signals import _add_product
+    from rlif.signals.chunked import _add_product
 
     generator = torch.Generator().manual_seed(5)
     a, b = torch.randn(7, 64, generator=generator), torch.randn(64, 5, generator=generator)

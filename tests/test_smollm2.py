@@ -11,7 +11,8 @@ import json
 import pytest
 
 from rlif.cli import main
-from rlif.registry import INSTALL_RECORD, KNOWN_MODELS, ModelInstallError, install_model, package_folder
+from rlif.models.install import INSTALL_RECORD, KNOWN_MODELS, install_model, package_folder
+from rlif.errors import ModelInstallError
 
 MODEL = KNOWN_MODELS["smollm2-135m-instruct"]
 
@@ -50,7 +51,7 @@ def _not_found(name):
 
 @needs_package
 def test_conversion_matches_the_gguf_and_keeps_the_tokenizer(smollm2_cache):
-    from rlif.models import eos_token_ids, load_model, load_tokenizer
+    from rlif.models.load import eos_token_ids, load_model, load_tokenizer
 
     folder = smollm2_cache / "models" / MODEL.name
     record = json.loads((folder / INSTALL_RECORD).read_text())

@@ -111,7 +111,7 @@ def test_pretraining_is_reproducible(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert first["loss_every_100_steps"] == second["loss_every_100_steps"]
     assert json.loads((tmp_path / "a" / "pretrain.json").read_text())["config"]["steps"] == 3
-    from rlif.models import load_model, load_tokenizer
+    from rlif.models.load import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(str(tmp_path / "a"))
     assert tokenizer.apply_chat_template([{"role": "user", "content": "1+2"}], tokenize=False, add_generation_prompt=True) == (
@@ -121,7 +121,7 @@ def test_pretraining_is_reproducible(tmp_path):
 
 
 def test_shipped_base_model_uses_both_styles_and_is_imperfect():
-    from rlif.models import load_model, load_tokenizer
+    from rlif.models.load import load_model, load_tokenizer
     from rlif.testbed.pretrain import evaluate_styles
 
     model, tokenizer = load_model(str(BASE_MODEL_DIR)), load_tokenizer(str(BASE_MODEL_DIR))

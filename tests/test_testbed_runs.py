@@ -6,10 +6,10 @@ import pytest
 import yaml
 
 from rlif.cli import main
-from rlif.compare import load_comparison
-from rlif.config import ConfigError
-from rlif.runlog import read_jsonl
-from rlif.checkpoint_choice import RULES, agreement_early_stop, agreement_within_kl, choose, labeled_best, pick_gap
+from rlif.runs.compare import load_comparison
+from rlif.errors import ConfigError
+from rlif.data.jsonl import read_log as read_jsonl
+from rlif.runs.checkpoint_choice import RULES, agreement_early_stop, agreement_within_kl, choose, labeled_best, pick_gap
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN_JOB = REPO / "configs" / "testbed" / "intuitor.yaml"
@@ -33,7 +33,7 @@ def test_main_job_end_to_end_with_few_steps(tmp_path, monkeypatch):
     greedy = [r for r in records if r["sample"] < 0]
     assert evaluated[-1]["eval/greedy/step_by_step"] == pytest.approx(sum(r["features"]["step_by_step"] for r in greedy) / 8)
     report = (run / "report.md").read_text()
-    assert "## Before and after" in report and "share of step_by_step answers" in report
+    assert "## Before and after" in report and "share of answers given step by step" in report
     assert "## Label-free checkpoint choice" in report and "## Held-out answers before and after" in report
     for plot in ("eval.png", "training.png"):
         assert (run / "plots" / plot).stat().st_size > 5000

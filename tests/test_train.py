@@ -13,17 +13,19 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import rlif.train
-from rlif.checkpoint import latest_checkpoint
+import rlif.rl.checkpoint
+from rlif.rl.checkpoint import latest_checkpoint
 from rlif.cli import main
 from rlif.config import load_config
-from rlif.runlog import read_jsonl
-from rlif.train import TrainingDiverged, train
+from rlif.data.jsonl import read_log as read_jsonl
+from rlif.errors import TrainingDiverged
+from rlif.rl.step import train_step, update
+from rlif.rl.train import set_up, step_prompts, train
 
 HELPERS = '''
 import os, time
 import torch
-from rlif.rewards import self_certainty_reward
+from rlif.rl.rewards import self_certainty_reward
 
 def slow_self_certainty(rollout):
     time.sleep(float(os.environ.get("RLIF_TEST_SLEEP", "0")))
@@ -72,9 +74,12 @@ def test_intuitor_run_end_to_end(tmp_path, tiny_model_dir, addition_data):
     metrics = read_jsonl(run / "metrics.jsonl")
     assert [m["step"] for m in metrics] == list(range(1, 9))
     for key in ("reward/mean", "reward/std", "signals/self_certainty", "signals/entropy", "signals/kl_ref", "loss/kl",
-                "loss/clip_frac", "optim/grad_norm", "rollout/len_mean", "rollout/len_max", "rollout/truncated",
+                "optim/grad_norm", "rollout/len_mean", "rollout/len_max", "rollout/truncated",
                 "rollout/accuracy", "time/step_s", "time/tokens_per_s"):
         assert all(key in m for m in metrics), key
+    # One update per rollout: the PPO ratio is exactly 1, so the clip never binds.
+    assert all(m["loss/clip_frac"] == 0.0 for m in metrics)
+    assert all(m["reward/mean"] == m["signals/self_certainty"] for m in metrics)  # INTUITOR's reward is the logged SC
     # INTUITOR's reward is the policy's own self-certainty: it must go up.
     sc = [m["signals/self_certainty"] for m in metrics]
     assert sum(sc[-2:]) / 2 > 1.5 * sum(sc[:2]) / 2, sc
@@ -149,20 +154,15 @@ def test_a_run_resumes_with_other_batching_and_memory_settings(tmp_path, tiny_mo
 WATCH_AUTOCAST = """
 import json, sys
 import torch
-import rlif.train
 from rlif.config import load_config
+from rlif.rl.step import train_step
+from rlif.rl.train import set_up, step_prompts
 
 seen = set()  # (grad enabled: the update's forward, not sampling; autocast on; its cache on)
-original = rlif.train.load_policy
-
-def load_and_watch(config, checkpoint=None):
-    policy = original(config, checkpoint)
-    policy.model.layers[0].register_forward_pre_hook(
-        lambda *_: seen.add((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"), torch.is_autocast_cache_enabled())))
-    return policy
-
-rlif.train.load_policy = load_and_watch
-rlif.train.train(load_config(sys.argv[1], ["model.mixed_precision=bf16"]))
+_, run = set_up(load_config(sys.argv[1], ["model.mixed_precision=bf16"]))
+run.state.accelerator.unwrap_model(run.state.signal_model).model.model.layers[0].register_forward_pre_hook(
+    lambda *_: seen.add((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"), torch.is_autocast_cache_enabled())))
+train_step(run.state, 1, step_prompts(run.state, run.prompts, 1))
 print(json.dumps(sorted(seen)))
 """
 
@@ -185,8 +185,6 @@ def test_kill_during_checkpoint_save_keeps_the_previous_one(tmp_path, tiny_model
     train(load_config(config_path))
     expected = comparable(read_jsonl(tmp_path / "run" / "metrics.jsonl"))
 
-    import rlif.checkpoint
-
     real_save = torch.save
 
     def save_then_die(obj, path, *args, **kwargs):
@@ -195,10 +193,10 @@ def test_kill_during_checkpoint_save_keeps_the_previous_one(tmp_path, tiny_model
             raise KeyboardInterrupt("killed while saving step 4")
 
     config_path = tiny_config(tmp_path, tiny_model_dir, addition_data, name="crashed")
-    monkeypatch.setattr(rlif.checkpoint.torch, "save", save_then_die)
+    monkeypatch.setattr(rlif.rl.checkpoint.torch, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(load_config(config_path))
-    monkeypatch.setattr(rlif.checkpoint.torch, "save", real_save)
+    monkeypatch.setattr(rlif.rl.checkpoint.torch, "save", real_save)
     run = tmp_path / "crashed"
     assert latest_checkpoint(run)[0] == 2  # the half-written step 4 is not a checkpoint
     assert (run / "checkpoints" / ".incomplete-step_000004").exists()
@@ -218,19 +216,17 @@ def test_nan_reward_stops_with_a_clear_message(tmp_path, tiny_model_dir, additio
     assert latest_checkpoint(run)[0] == 2 and len(read_jsonl(run / "metrics.jsonl")) == 2
 
 
-def test_nan_loss_stops_before_the_update_with_a_clear_message(tmp_path, tiny_model_dir, addition_data, monkeypatch):
-    real_advantages, calls = rlif.train.group_advantages, {"n": 0}
-
-    def nan_at_third_step(*args, **kwargs):  # finite rewards, a loss that is not
-        calls["n"] += 1
-        values = real_advantages(*args, **kwargs)
-        return values * float("nan") if calls["n"] == 3 else values
-
-    monkeypatch.setattr(rlif.train, "group_advantages", nan_at_third_step)
+def test_nan_loss_stops_before_the_update_with_a_clear_message(tmp_path, tiny_model_dir, addition_data):
+    _, run = set_up(load_config(tiny_config(tmp_path, tiny_model_dir, addition_data)))
+    state = run.state
+    result = train_step(state, 1, step_prompts(state, run.prompts, 1))
+    before = {name: p.detach().clone() for name, p in state.signal_model.named_parameters()}
+    advantages = torch.full((result.rollout.response_ids.shape[0],), float("nan"))  # finite rewards, a loss that is not
     with pytest.raises(TrainingDiverged) as error:
-        train(load_config(tiny_config(tmp_path, tiny_model_dir, addition_data)))
-    assert "step 3: the loss is nan; training stopped before applying this update" in str(error.value)
-    assert latest_checkpoint(tmp_path / "run")[0] == 2 and len(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == 2
+        update(state, 2, result.rollout, advantages)
+    assert "step 2: the loss is nan; training stopped before applying this update" in str(error.value)
+    assert "no checkpoint was written yet" in str(error.value)
+    assert all(torch.equal(before[name], p) for name, p in state.signal_model.named_parameters())  # no update applied
 
 
 def test_bad_config_and_bad_data_fail_before_any_work(tmp_path, tiny_model_dir, addition_data, capsys):
@@ -274,7 +270,7 @@ def test_evaluation_during_training(tmp_path, tiny_model_dir, addition_data):
     assert metrics[0]["step"] == 0 and "reward/mean" not in metrics[0]
     records = read_jsonl(run / "eval" / "step_000004.jsonl")
     assert len(records) == 6 * 3 and sorted({r["sample"] for r in records}) == [-1, 0, 1]
-    from rlif.answers import MATH
+    from rlif.data.answers import MATH
 
     for r in records:
         assert r["correct"] == MATH.is_correct(r["response"], r["label"]) and r["num_tokens"] <= 8
@@ -301,14 +297,7 @@ def test_compiled_layers_train_the_same_run(tmp_path, tiny_model_dir, addition_d
     through them): the same run as eager to float rounding; sampling and evaluation stay eager."""
     if not (shutil.which("g++") or shutil.which("clang++")):
         pytest.skip("torch.compile on CPU needs a C++ compiler")
-    import rlif.train as train_module
-    from rlif.models import decoder_layers
-
-    policies, real_load_policy = [], train_module.load_policy
-
-    def keep_policy(*args):
-        policies.append(real_load_policy(*args))
-        return policies[-1]
+    from rlif.models.load import decoder_layers
 
     runs = {}
     for compiled in (False, True):
@@ -316,10 +305,10 @@ def test_compiled_layers_train_the_same_run(tmp_path, tiny_model_dir, addition_d
         config_path = tiny_config(tmp_path, tiny_model_dir, addition_data, name=name, train={"steps": 3},
                                   model={"gradient_checkpointing": True, "compile_layers": compiled},
                                   lora={"rank": lora_rank, "alpha": 8.0})
-        with pytest.MonkeyPatch.context() as patch:  # keep the policy to look at its layers afterwards
-            patch.setattr(train_module, "load_policy", keep_policy)
-            train(load_config(config_path))
-        runs[compiled] = comparable(read_jsonl(tmp_path / name / "metrics.jsonl"))
+        _, run = set_up(load_config(config_path))
+        runs[compiled] = [comparable([train_step(run.state, step, step_prompts(run.state, run.prompts, step)).metrics])[0]
+                          for step in range(1, 4)]
+    policies = [run.state.accelerator.unwrap_model(run.state.signal_model).model]
     assert len(runs[True]) == 3
     for record, expected in zip(runs[True], runs[False]):
         assert {k: v for k, v in record.items() if k != "loss/policy"} == pytest.approx(

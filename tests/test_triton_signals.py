@@ -1,4 +1,4 @@
-"""The Triton kernels (rlif.triton_signals) against the PyTorch path and the float64 / 50-digit references.
+"""The Triton kernels (rlif.signals.triton_kernels) against the PyTorch path and the float64 / 50-digit references.
 
 Run on CPU under Triton's interpreter (conftest sets TRITON_INTERPRET=1 without a GPU) when the triton package is
 installed (`pip install triton`; it is not a test dependency, so CI skips these); on CUDA they run compiled.
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from reference import assert_close, assert_signals_match_float64, reference, reference_exact
-from rlif import triton_signals
-from rlif.signals import hidden_signals
+from rlif.signals import triton_kernels as triton_signals
+from rlif.signals.chunked import hidden_signals
 
 pytestmark = pytest.mark.skipif(not triton_signals.available(), reason="the triton package is not installed")
 

@@ -6,18 +6,14 @@ import argparse
 import json
 import sys
 
-from rlif.config import DECODE_MODES, ConfigError
-from rlif.data import DataError
-from rlif.models import ModelLoadError
-from rlif.registry import ModelInstallError
+from rlif.errors import USER_ERRORS, ModelInstallError, TrainingDiverged
+from rlif.sampling import DECODE_MODES
 
-# Errors that describe bad input: printed as one line, exit code 2, no traceback.
-USER_ERRORS = (ConfigError, DataError, ModelLoadError, ModelInstallError)
 
 
 def cmd_train(args) -> None:
     from rlif.config import load_config
-    from rlif.train import train
+    from rlif.rl.train import train
 
     config = load_config(args.config, args.overrides)
     run_dir = train(config)
@@ -25,7 +21,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_score(args) -> None:
-    from rlif.score import score_file
+    from rlif.signals.score import score_file
 
     rows = score_file(
         args.model,
@@ -53,7 +49,7 @@ def cmd_config(args) -> None:
 
 
 def cmd_rewards(_args) -> None:
-    from rlif.rewards import REWARDS
+    from rlif.rl.rewards import REWARDS
 
     for name, reward in sorted(REWARDS.items()):
         doc = (reward.__doc__ or "").strip().splitlines()[0]
@@ -62,14 +58,15 @@ def cmd_rewards(_args) -> None:
 
 
 def cmd_plot(args) -> None:
-    from rlif.plots import plot_run
+    from rlif.runs.report import write_plots
 
-    for path in plot_run(args.run_dir):
+    for path in write_plots(args.run_dir):
         print(path)
 
 
 def cmd_eval(args) -> None:
-    from rlif.eval_job import format_summary, resolve_settings, run_eval
+    from rlif.eval.job import resolve_settings, run_eval
+    from rlif.eval.summary import format_summary
 
     settings = resolve_settings(
         args.model,
@@ -100,7 +97,8 @@ def cmd_eval(args) -> None:
 
 
 def cmd_select(args) -> None:
-    from rlif.eval_job import format_summary, select_from_file
+    from rlif.eval.job import select_from_file
+    from rlif.eval.summary import format_summary
 
     summary, folder = select_from_file(args.path, answer_format=args.answer_format, borda_p=args.borda_p, seed=args.seed)
     print(format_summary(summary))
@@ -109,7 +107,7 @@ def cmd_select(args) -> None:
 
 
 def cmd_models(args) -> None:
-    from rlif.registry import install_model, list_models
+    from rlif.models.install import install_model, list_models
 
     if args.action == "install":
         if not args.name:
@@ -123,13 +121,13 @@ def cmd_models(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from rlif.report import write_report
+    from rlif.runs.report import write_report
 
     print(write_report(args.run_dir))
 
 
 def cmd_compare(args) -> None:
-    from rlif.compare import aggregate, load_comparison, run_comparison
+    from rlif.runs.compare import aggregate, load_comparison, run_comparison
 
     comparison = load_comparison(args.config, args.overrides)
     out = aggregate(comparison) if args.aggregate_only else run_comparison(comparison, args.only, progress=not args.no_progress)
@@ -240,7 +238,6 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--force", action="store_true", help="convert again even if installed")
     models.set_defaults(func=cmd_models)
 
-
     report = commands.add_parser("report", help="write RUN/report.md and RUN/plots/*.png for a training run")
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)
@@ -278,13 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         print(f"rlif {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except Exception as error:
-        from rlif.train import TrainingDiverged
-
-        if isinstance(error, TrainingDiverged):
-            print(f"rlif {args.command}: training stopped: {error}", file=sys.stderr)
-            return 1
-        raise
+    except TrainingDiverged as error:
+        print(f"rlif {args.command}: training stopped: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

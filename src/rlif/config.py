@@ -11,7 +11,6 @@ import ast
 import dataclasses
 import difflib
 import inspect
-import os
 import textwrap
 import types
 import typing
@@ -19,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config value is missing, unknown, of the wrong type or out of range."""
-
+from rlif.data.answers import get_answer_format
+from rlif.errors import ConfigError
+from rlif.files import write_text_atomic
+from rlif.rl.rewards import build_reward
 
 DEFAULT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -49,8 +49,6 @@ class ModelConfig:
     def validate(self) -> None:
         _require(bool(self.path), "model.path", self.path, "a model folder or hub id")
         if self.reference_device not in ("auto", "offload"):
-            import torch
-
             try:
                 torch.device(self.reference_device)
             except (RuntimeError, ValueError):
@@ -77,8 +75,6 @@ class DataConfig:
     """How final answers are extracted from responses and compared with labels (`rlif.answers`; or package.module:attribute)."""
 
     def validate(self) -> None:
-        from rlif.answers import get_answer_format
-
         try:
             get_answer_format(self.answer_format)
         except (KeyError, ImportError, AttributeError, TypeError) as error:
@@ -87,9 +83,6 @@ class DataConfig:
         _require(Path(self.path).suffix in (".jsonl", ".parquet"), "data.path", self.path, "a file ending in .jsonl or .parquet")
         _require("{prompt}" in self.prompt_template, "data.prompt_template", self.prompt_template, "a format string containing {prompt}")
         _require(self.max_prompt_tokens > 0, "data.max_prompt_tokens", self.max_prompt_tokens, "a positive integer")
-
-
-DECODE_MODES = ("dynamic", "static", "compiled")  # rlif.sampling.sample(decode=...), RolloutConfig.decode
 
 
 @dataclass
@@ -203,8 +196,6 @@ class RewardConfig:
     """For name `weighted` only: reward name -> weight; the reward is the weighted sum of the named rewards, each normalized within its group first, e.g. {self_certainty: 1.0, correctness: 1.0}."""
 
     def validate(self) -> None:
-        from rlif.rewards import build_reward
-
         try:
             build_reward(self.name, self.weights)
         except (KeyError, ImportError, AttributeError) as error:
@@ -241,7 +232,7 @@ class RunConfig:
     output_dir: str = "runs/intuitor"
     """Run directory: resolved config, metrics.jsonl, samples, checkpoints, plots."""
     resume: bool = False
-    """Continue from the latest complete checkpoint in output_dir (the config must match the saved one but for batching and memory settings, see the README)."""
+    """Continue from the latest complete checkpoint in output_dir (the config must match the saved one but for batching and memory settings, see docs/method.md)."""
     overwrite: bool = False
     """Allow starting a fresh run in a non-empty output_dir (its old files are deleted)."""
     save_every: int = 50
@@ -416,10 +407,7 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
 
 def save_config(config: Config, path: str | Path) -> None:
     """Written whole or not at all (a kill mid-write keeps the old file: a resumed run reads it)."""
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True))
-    os.replace(partial, path)
+    write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
+from transformers import get_scheduler
 
+from rlif.data.prompts import PromptRecord
+from rlif.eval.generate import generate_records
+from rlif.eval.summary import summarize
 from rlif.testbed.task import (
     ALPHABET,
     ARITHMETIC,
@@ -26,6 +31,7 @@ from rlif.testbed.task import (
     prompt_text,
     random_problem,
 )
+from rlif.testbed.tiny import char_tokenizer, tiny_causal_lm
 
 
 @dataclass
@@ -101,10 +107,6 @@ def render(tokenizer, prompt: str) -> str:
 def pretrain(output_dir: str | Path, config: PretrainConfig | None = None, progress: bool = True) -> dict:
     """Train the base model and save it (model, tokenizer, pretrain.json) to `output_dir`; returns the summary."""
     config = config or PretrainConfig()
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
-
-    from rlif.tiny import char_tokenizer, tiny_causal_lm
 
     output_dir = Path(output_dir)
     difficulty = Difficulty()
@@ -157,10 +159,6 @@ def pretrain(output_dir: str | Path, config: PretrainConfig | None = None, progr
 
 def evaluate_styles(model, tokenizer, count: int, progress: bool = False) -> dict:
     """Greedy accuracy on the first `count` held-out problems, overall and per answer style."""
-    from tqdm.auto import tqdm
-
-    from rlif.data import PromptRecord
-    from rlif.evaluate import generate_records, summarize
 
     problems = held_out_problems()[:count]
     records = [PromptRecord(prompt_text(p), str(sum(p)), "held-out") for p in problems]

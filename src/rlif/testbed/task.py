@@ -2,7 +2,6 @@
 
 A problem is 2-3 operands of 2-4 digits (`Difficulty`), the prompt is the sum written out ("345+678+12").
 A response answers in one of two styles and always ends with the same answer line:
-
     direct          answer: 1035
 
     step by step    5+8+2=15            (units column; no carry in)
@@ -25,7 +24,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlif.answers import AnswerFormat, register_answer_format
+from rlif.data.answers import AnswerFormat, register_answer_format
 
 TEST_SEED = 20_250_519  # fixed forever: the held-out split must never change
 TEST_SIZE = 500

@@ -1,0 +1,81 @@
+"""Evaluation benchmarks: which file, which fields, how the reference answer is read, which answer format.
+
+Built in (bundled with the package, licenses kept): `gsm8k` (GSM8K test, 1,319 problems; the reference is
+the text after `####`) and `math500` (MATH-500, 500 problems; the reference is the `answer` field, the
+last \\boxed{} of the solution). Any JSONL/Parquet file with a prompt and a label field is a benchmark too
+(`rlif eval --benchmark my_task.jsonl --prompt-field prompt --label-field answer --answer-format math`),
+and a task package adds a named one with `register_benchmark`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from rlif.data.prompts import PromptRecord, load_prompts
+from rlif.errors import DataError
+
+DATA_DIR = Path(__file__).parent / "benchmark_data"
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    path: Path  # a .jsonl or .parquet file
+    prompt_field: str  # the field holding the problem text
+    label_field: str  # the field the reference answer is read from
+    answer_format: str = "math"  # an rlif.answers format name (or package.module:attribute)
+    reference: Callable[[str], str] | None = None  # label field -> reference answer (None: as is)
+    description: str = ""
+
+    def load(self, limit: int = 0) -> list[PromptRecord]:
+        """The first `limit` problems (0: all), validated, with their reference answers."""
+        problems = load_prompts(self.path, self.prompt_field, self.label_field)
+        if limit:
+            problems = problems[:limit]
+        if self.reference is None:
+            return problems
+        return [replace(problem, label=self.reference(problem.label)) for problem in problems]
+
+
+def gsm8k_reference(solution: str) -> str:
+    """GSM8K's answer field is a worked solution ending in '#### N': the reference is N."""
+    if "####" not in solution:
+        raise DataError(f"a GSM8K answer must end with '#### <number>', got {solution[-80:]!r}")
+    return solution.rsplit("####", 1)[1].strip()
+
+
+BENCHMARKS: dict[str, Benchmark] = {}
+
+
+def register_benchmark(benchmark: Benchmark) -> Benchmark:
+    BENCHMARKS[benchmark.name] = benchmark
+    return benchmark
+
+
+register_benchmark(
+    Benchmark("gsm8k", DATA_DIR / "gsm8k" / "test.jsonl", "question", "answer", "math", gsm8k_reference, "GSM8K test (1,319 grade-school word problems)")
+)
+register_benchmark(
+    Benchmark("math500", DATA_DIR / "math500" / "test.jsonl", "problem", "answer", "math", None, "MATH-500 (500 competition problems, LaTeX answers)")
+)
+
+
+def get_benchmark(name_or_path: str, *, prompt_field: str | None = None, label_field: str | None = None, answer_format: str | None = None) -> Benchmark:
+    """A registered benchmark by name, or a .jsonl/.parquet file (fields default to prompt/answer, format to math).
+
+    Field and format arguments override a registered benchmark's only when given.
+    """
+    if name_or_path in BENCHMARKS:
+        benchmark = BENCHMARKS[name_or_path]
+    elif Path(name_or_path).suffix in (".jsonl", ".parquet"):
+        if not Path(name_or_path).is_file():
+            raise DataError(f"benchmark file {name_or_path} does not exist")
+        benchmark = Benchmark(Path(name_or_path).stem, Path(name_or_path), "prompt", "answer")
+    else:
+        raise DataError(
+            f"unknown benchmark {name_or_path!r}: expected one of {', '.join(sorted(BENCHMARKS))} or a .jsonl/.parquet file"
+        )
+    overrides = {"prompt_field": prompt_field, "label_field": label_field, "answer_format": answer_format}
+    return replace(benchmark, **{key: value for key, value in overrides.items() if value is not None})

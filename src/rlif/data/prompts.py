@@ -1,0 +1,118 @@
+"""Prompt datasets (JSONL or Parquet) and prompt rendering.
+
+Every record is checked when the file is loaded, before any model is touched: a malformed line
+fails with the file, the line number and what was expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rlif.data import jsonl
+from rlif.errors import DataError
+
+if TYPE_CHECKING:
+    from rlif.config import DataConfig
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    prompt: str  # the raw prompt text from the file
+    label: str | None  # the reference answer, or None when the dataset has no labels
+    source: str  # "file:line" (or "file:row N" for Parquet), for error messages and samples
+
+
+def read_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """(location, record) pairs of a .jsonl or .parquet file; a malformed file or line raises DataError."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"data file {path} is a directory; expected a .jsonl or .parquet file")
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq  # only for Parquet files
+
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as error:  # pyarrow raises several types for a corrupt file
+            raise DataError(f"{path}: not a readable Parquet file ({error})") from None
+        return [(f"{path}:row {i}", row) for i, row in enumerate(rows)]
+    return [(f"{path}:{number}", record) for number, record in jsonl.read_objects(path)]
+
+
+def load_prompts(path: str | Path, prompt_field: str = "prompt", label_field: str | None = None) -> list[PromptRecord]:
+    """Validated prompts (and labels when `label_field` is given) of a JSONL or Parquet file."""
+    records = read_records(path)
+    if not records:
+        raise DataError(f"{path}: no records")
+    prompts = []
+    for where, record in records:
+        prompt = record.get(prompt_field)
+        if prompt_field not in record:
+            raise DataError(f"{where}: missing field {prompt_field!r} (fields: {', '.join(sorted(record)) or 'none'})")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DataError(f"{where}: field {prompt_field!r} must be a non-empty string, got {prompt!r:.80}")
+        label = None
+        if label_field is not None:
+            if label_field not in record:
+                raise DataError(f"{where}: missing label field {label_field!r} (set data.label_field=null for unlabeled data)")
+            value = record[label_field]
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise DataError(f"{where}: label field {label_field!r} must be a string or a number, got {value!r:.80}")
+            label = str(value)
+        prompts.append(PromptRecord(prompt=prompt, label=label, source=where))
+    return prompts
+
+
+def render_prompt(
+    tokenizer,
+    prompt: str,
+    *,
+    prompt_template: str = "{prompt}",
+    system_prompt: str | None = None,
+    chat_template: bool = True,
+) -> str:
+    """The exact text the model is conditioned on (tokenize it with add_special_tokens=False)."""
+    user_message = prompt_template.replace("{prompt}", prompt)
+    if not chat_template:
+        return user_message
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError(
+            f"the tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; "
+            "set data.chat_template=false (or pass --no-chat-template) to use the plain prompt text"
+        )
+    messages = [{"role": "user", "content": user_message}]
+    if system_prompt:
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@dataclass
+class TrainingPrompts:
+    records: list[PromptRecord]  # prompts that fit max_prompt_tokens
+    rendered: list[str]  # the exact text the model is conditioned on, per record
+    dropped: int  # prompts longer than max_prompt_tokens
+
+
+def prepare_prompts(data: DataConfig, tokenizer, path: str, limit: int = 0) -> TrainingPrompts:
+    """Load, validate and render the prompts of `path` as the data section says; drop overlong ones."""
+    records = load_prompts(path, data.prompt_field, data.label_field)
+    if limit:
+        records = records[:limit]
+    kept, rendered = [], []
+    for record in records:
+        text = render_prompt(
+            tokenizer,
+            record.prompt,
+            prompt_template=data.prompt_template,
+            system_prompt=data.system_prompt,
+            chat_template=data.chat_template,
+        )
+        if len(tokenizer(text, add_special_tokens=False).input_ids) <= data.max_prompt_tokens:
+            kept.append(record)
+            rendered.append(text)
+    if not kept:
+        raise DataError(f"{path}: every prompt is longer than data.max_prompt_tokens={data.max_prompt_tokens}")
+    return TrainingPrompts(kept, rendered, len(records) - len(kept))

@@ -37,7 +37,8 @@ def test_indented_code_and_multi_line_bodies_are_kept():
     body = ("    total = a\n    # add b to the total\n    if b:\n        total += b\n\n    def inner():\n"
             "        return total\n    print_it = False\n    return inner()\n")
     assert cut_completion(body + "\ndef other():\n    pass\n") == body
-    assert cut_completion("    defined = 1\n    return defined\n\ndefault = 2\n") == "    defined = 1\n    return defined\n\ndefault = 2\n"
+    not_a_def = "    defined = 1\n    return defined\n\ndefault = 2\n"
+    assert cut_completion(not_a_def) == not_a_def
 
 
 def test_humaneval_canonical_solutions_survive_the_cut():

@@ -50,7 +50,8 @@ def test_first_ten_canonical_solutions_pass_and_wrong_ones_fail():
     assert run_answer(problems[2], completion, style="completion").passed
     chat = f"Here is the function:\n\n```python\n{problems[2].prompt}{problems[2].canonical_solution}```\nIt keeps the fraction."
     assert run_answer(problems[2], chat, style="chat").passed
-    assert run_answer(problems[2], "```python\ndef truncate_number(number):\n    return number\n```", style="chat").status == "failed"
+    identity = "```python\ndef truncate_number(number):\n    return number\n```"
+    assert run_answer(problems[2], identity, style="chat").status == "failed"
 
 
 # --- MBPP --------------------------------------------------------------------------------------------------
@@ -119,8 +120,10 @@ LCB_RECORDS = [
      "private_test_cases": json.dumps([{"input": "[3, 3]\n6", "output": "[0, 1]", "testtype": "functional"}])},
 ]
 
-STDIN_SOLUTION = "import sys\n\ndata = sys.stdin.read().split()\nnumbers = list(map(int, data[1:]))\nprint(sum(numbers))\nprint(max(numbers))\n"
-STDIN_WITH_INPUT = "n = int(input())\nnumbers = [int(x) for x in input().split()]\nprint(sum(numbers), '  ')\nprint(max(numbers))\nexit(0)\n"
+STDIN_SOLUTION = ("import sys\n\ndata = sys.stdin.read().split()\nnumbers = list(map(int, data[1:]))\n"
+                  "print(sum(numbers))\nprint(max(numbers))\n")
+STDIN_WITH_INPUT = ("n = int(input())\nnumbers = [int(x) for x in input().split()]\nprint(sum(numbers), '  ')\n"
+                    "print(max(numbers))\nexit(0)\n")
 TWO_SUM = ("from typing import List\n\nclass Solution:\n    def twoSum(self, nums: List[int], target: int) -> List[int]:\n"
            "        seen = {}\n        for index, value in enumerate(nums):\n            if target - value in seen:\n"
            "                return (seen[target - value], index)\n            seen[value] = index\n")
@@ -142,12 +145,14 @@ def test_livecodebench_layout(tmp_path):
     assert run_answer(stdin_problem, crashing).status == "failed"
     assert run_answer(stdin_problem, "print(6\n").status == "error"  # a syntax error is still the program's error
     assert run_answer(functional, TWO_SUM).passed  # a tuple compares as its JSON list
-    fake = "class Solution:\n    def twoSum(self, nums, target):\n        class Any(list):\n            def __eq__(s, o): return True\n        return Any()\n"
+    fake = ("class Solution:\n    def twoSum(self, nums, target):\n        class Any(list):\n"
+            "            def __eq__(s, o): return True\n        return Any()\n")
     assert run_answer(functional, fake).status == "failed"
 
 
 def test_livecodebench_parquet_and_refused_pickles(tmp_path):
-    pyarrow = pytest.importorskip("pyarrow")
+    pytest.importorskip("pyarrow")
+    import pyarrow
     import pyarrow.parquet
 
     table = pyarrow.Table.from_pylist(LCB_RECORDS)
@@ -167,13 +172,14 @@ def test_livecodebench_parquet_and_refused_pickles(tmp_path):
 
 def test_layout_detection_errors(tmp_path):
     unknown = write_jsonl(tmp_path / "unknown.jsonl", [{"question": "What?", "answer": "42"}])
-    with pytest.raises(ValueError, match=re.escape(str(unknown)) + r".*\['answer', 'question'\].*HumanEval \(prompt, test, entry_point\)"):
+    expected = re.escape(str(unknown)) + r".*\['answer', 'question'\].*HumanEval \(prompt, test, entry_point\)"
+    with pytest.raises(ValueError, match=expected):
         load_problems(unknown)
     broken = write_jsonl(tmp_path / "broken.jsonl", [LCB_RECORDS[0], {**LCB_RECORDS[1], "metadata": "{}"}])
     with pytest.raises(ValueError, match="record 1 .*func_name"):
         load_problems(broken)
     with pytest.raises(ValueError, match="expected a .jsonl"):
         load_problems(tmp_path / "problems.csv")
-    humaneval = write_jsonl(tmp_path / "he.jsonl", [{"task_id": "T/0", "prompt": "def f():\n", "test": "def check(c):\n    assert c() == 1\n",
-                                                      "entry_point": "f"}])
+    record = {"task_id": "T/0", "prompt": "def f():\n", "test": "def check(c):\n    assert c() == 1\n", "entry_point": "f"}
+    humaneval = write_jsonl(tmp_path / "he.jsonl", [record])
     assert load_problems(humaneval)[0].tests.endswith("check(f)\n")

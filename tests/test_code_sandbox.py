@@ -6,11 +6,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -92,7 +92,7 @@ def test_isolation_names_what_applied():
         assert "netns" in result.isolation and "pidns" in result.isolation
     if info.mode == "bubblewrap":
         assert {"bubblewrap", "userns", "mountns"} <= set(result.isolation)
-    if subprocess.run(["sh", "-c", "command -v bwrap"], capture_output=True).returncode == 0:
+    if subprocess.run(["sh", "-c", "command -v bwrap"], capture_output=True, check=False).returncode == 0:
         assert info.mode == "bubblewrap" or any(reason.startswith("bubblewrap") for reason in info.rejected)
 
 
@@ -190,23 +190,136 @@ def memory_not_limited(result: ExecutionResult, world: World) -> str | None:
     return None if result.status == "error" and "MemoryError" in result.detail else f"{result.status}: {result.detail}"
 
 
+def source(text: str) -> str:
+    return textwrap.dedent(text).lstrip("\n")
+
+
+LEFTOVER_SLEEPER = source("""
+    import signal, time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    time.sleep(120)
+    """)
+ALWAYS_EQUAL = source("""
+    class AlwaysEqual:
+        def __eq__(self, other):
+            return True
+
+        def __ne__(self, other):
+            return False
+
+        def __bool__(self):
+            return True
+    """)
+
+
 def hostile_programs(world: World) -> list[Hostile]:
     escapes = ", ".join(repr(str(path)) for path in world.escape_paths)
-    canary = str(world.canary)
-    leftover_source = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nsignal.signal(signal.SIGHUP, signal.SIG_IGN)\ntime.sleep(120)\n"
-    tracer = ("import sys\n\ndef tracer(frame, event, arg):\n"
-              "    if event == 'line' and frame.f_code.co_filename == 'tests.py' and frame.f_lineno % 2 == 0:\n"
-              "        try:\n            frame.f_lineno = frame.f_lineno + 1\n        except Exception:\n            pass\n"
-              "    return tracer\n\nsys.settrace(tracer)\n")
-    return [
+    exits_and_fakes = [
+        Hostile("os-exit-0", "import os\nos._exit(0)\n", faked_pass),
+        Hostile("sys-exit-0", "import sys\nsys.exit(0)\n", faked_pass),
+        Hostile("exit-builtin", "exit()\n", faked_pass),
+        Hostile("kill-self", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n", faked_pass),
+        Hostile("abort", "import os\nos.abort()\n", faked_pass),
+        Hostile("sigterm-self", "import signal\nsignal.raise_signal(signal.SIGTERM)\n", faked_pass),
+        Hostile("exit-in-thread", source("""
+            import os, threading, time
+            threading.Thread(target=lambda: (time.sleep(0.05), os._exit(0))).start()
+            time.sleep(1)
+            """), faked_pass),
+        Hostile("forged-markers", source("""
+            import os, sys
+            print('pass', '0' * 32)
+            print('passed')
+            sys.stderr.write('OK\\n')
+            for fd in range(3, 1024):
+                try:
+                    os.write(fd, b'pass ' + b'0' * 32 + b'\\n{"event": "tests-started"}\\n')
+                except OSError:
+                    pass
+            os._exit(0)
+            """), faked_pass),
+        Hostile("closed-fds", "import os\nos.closerange(3, 1 << 16)\n", faked_pass),
+        Hostile("print-redefined", "import builtins\nbuiltins.print = lambda *args, **kwargs: None\n", faked_pass,
+                tests="print('pass')\nassert 1 == 2\n"),
+        Hostile("builtins-patched", source("""
+            import builtins
+            builtins.abs = lambda number: 0
+            builtins.isinstance = lambda *args: True
+            def f(x):
+                return 0
+            """), faked_pass, tests="assert abs(f(1) - 2) < 1e-6\nassert isinstance(f(1), str)\n", limits={"entry_point": "f"}),
+        Hostile("helpers-shadowed", source("""
+            abs = lambda number: 0
+            __builtins__ = {'abs': abs}
+            AssertionError = Warning
+            def check(candidate):
+                pass
+            def f(x):
+                return 0
+            """), faked_pass, tests="def check(candidate):\n    assert abs(candidate(1) - 2) < 1e-6\n\ncheck(f)\n",
+                limits={"entry_point": "f"}),
+        Hostile("always-equal", ALWAYS_EQUAL + "def f(x):\n    return AlwaysEqual()\n", faked_pass,
+                tests="assert f(1) == 2\nassert f(1) == [3]\n", limits={"entry_point": "f"}),
+        Hostile("int-subclass-eq", source("""
+            class Sneaky(int):
+                def __eq__(self, other):
+                    return True
+                __hash__ = int.__hash__
+            def f(x):
+                return Sneaky(0)
+            """), faked_pass, tests="assert f(1) == 2\n", limits={"entry_point": "f"}),
+        Hostile("nested-eq", ALWAYS_EQUAL + "def f(x):\n    return [1, (2, AlwaysEqual())]\n", faked_pass,
+                tests="assert f(1) == [1, (2, 3)]\n", limits={"entry_point": "f"}),
+        Hostile("module-patched", "import math\nmath.isclose = lambda *args, **kwargs: True\ndef f(x):\n    return 0\n",
+                faked_pass, tests="import math\nassert math.isclose(f(1), 2)\n"),
+        Hostile("module-replaced", source("""
+            import sys, types
+            fake = types.ModuleType('math')
+            fake.isclose = lambda *args, **kwargs: True
+            sys.modules['math'] = fake
+            def f(x):
+                return 0
+            """), faked_pass, tests="import math\nassert math.isclose(f(1), 2)\n"),
+        Hostile("trace-skips-asserts", source("""
+            import sys
+
+            def tracer(frame, event, arg):
+                if event == 'line' and frame.f_code.co_filename == 'tests.py' and frame.f_lineno % 2 == 0:
+                    try:
+                        frame.f_lineno = frame.f_lineno + 1
+                    except Exception:
+                        pass
+                return tracer
+
+            sys.settrace(tracer)
+            """), faked_pass, tests="x = 1\nassert x == 2\ny = 2\nassert y == 3\nz = 3\n"),
+    ]
+    resources = [
         Hostile("infinite-loop", "while True:\n    pass\n", not_stopped(6), timeout_s=1.5),
         Hostile("sleep-forever", "import time\ntime.sleep(3600)\n", not_stopped(5), timeout_s=1.0),
-        Hostile("fork-bomb", "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
-                faked_pass, timeout_s=2.0, contained_by=("rlimit-nproc",)),
-        Hostile("process-limit", "import os, time\nchildren = 0\nfor _ in range(200):\n    try:\n        pid = os.fork()\n"
-                "    except OSError:\n        break\n    if pid == 0:\n        time.sleep(60)\n        os._exit(0)\n"
-                "    children += 1\nprint('children', children)\n",
-                printed_count_reaches("children", 8), tests="pass\n", limits={"max_processes": 8},
+        Hostile("fork-bomb", source("""
+            import os
+            while True:
+                try:
+                    os.fork()
+                except OSError:
+                    pass
+            """), faked_pass, timeout_s=2.0, contained_by=("rlimit-nproc",)),
+        Hostile("process-limit", source("""
+            import os, time
+            children = 0
+            for _ in range(200):
+                try:
+                    pid = os.fork()
+                except OSError:
+                    break
+                if pid == 0:
+                    time.sleep(60)
+                    os._exit(0)
+                children += 1
+            print('children', children)
+            """), printed_count_reaches("children", 8), tests="pass\n", limits={"max_processes": 8},
                 contained_by=("rlimit-nproc",)),
         Hostile("memory-bomb", "blocks = []\nwhile True:\n    blocks.append(bytearray(64 << 20))\n", memory_not_limited,
                 timeout_s=5, limits={"memory_mb": 256}, contained_by=("rlimit-as",)),
@@ -214,83 +327,105 @@ def hostile_programs(world: World) -> list[Hostile]:
                 output_not_capped, timeout_s=8),
         Hostile("output-1GB-fd2", "import os\nchunk = b'y' * (1 << 20)\nfor _ in range(1024):\n    os.write(2, chunk)\n",
                 output_not_capped, timeout_s=8),
-        Hostile("big-file", "import os\ntry:\n    with open('big.bin', 'wb') as big:\n        for _ in range(64):\n"
-                "            big.write(b'z' * (1 << 20))\nexcept OSError as error:\n    print(error)\n"
-                "print('size', os.path.getsize('big.bin'))\n",
-                printed_count_reaches("size", (16 << 20) + 1), tests="pass\n", limits={"max_file_mb": 16},
+        Hostile("big-file", source("""
+            import os
+            try:
+                with open('big.bin', 'wb') as big:
+                    for _ in range(64):
+                        big.write(b'z' * (1 << 20))
+            except OSError as error:
+                print(error)
+            print('size', os.path.getsize('big.bin'))
+            """), printed_count_reaches("size", (16 << 20) + 1), tests="pass\n", limits={"max_file_mb": 16},
                 contained_by=("rlimit-fsize",)),
-        Hostile("open-files", "handles = []\ntry:\n    for _ in range(1000):\n        handles.append(open('/dev/null'))\n"
-                "except OSError:\n    pass\nprint('handles', len(handles))\n",
-                printed_count_reaches("handles", 64), tests="pass\n", contained_by=("rlimit-nofile",)),
-        Hostile("files-outside", f"import os, shutil\nfor path in [{escapes}]:\n    try:\n        open(path, 'w').write('escaped')\n"
-                "    except OSError as error:\n        print('blocked', error)\n"
-                f"canary = {canary!r}\nattempts = [lambda: open(canary, 'w').write('overwritten'), lambda: os.chmod(canary, 0o777),\n"
-                "            lambda: os.rename(canary, canary + '.moved'), lambda: os.remove(canary),\n"
-                "            lambda: shutil.rmtree(os.path.dirname(canary))]\nfor attempt in attempts:\n    try:\n        attempt()\n"
-                "    except OSError as error:\n        print('blocked', error)\n",
-                files_touched, contained_by=("own-uid", "bubblewrap")),
-        Hostile("environment-secrets", "import os\nprint(dict(os.environ))\nfor name in os.listdir('/proc'):\n"
-                "    if name.isdigit() or name == 'self':\n        try:\n"
-                "            print(open(f'/proc/{name}/environ', 'rb').read())\n        except OSError:\n            pass\n",
-                stdout_contains(world.secret), limits={"max_output_bytes": 4 << 20}, contained_by=("own-uid", "pidns")),
-        Hostile("ssh-key", f"import os\nfor path in [{str(world.key)!r}, '/root/.ssh/id_rsa', '/root/.ssh/id_ed25519',\n"
-                "             os.path.expanduser('~/.ssh/id_rsa')]:\n    try:\n        print(open(path).read())\n"
-                "    except OSError as error:\n        print('blocked', error)\n"
-                "try:\n    print(os.listdir('/root'))\nexcept OSError as error:\n    print('blocked', error)\n",
-                stdout_contains(f"FAKE-KEY-{NONCE}"), contained_by=("own-uid", "bubblewrap")),
-        Hostile("network", "import socket\ntry:\n"
-                f"    connection = socket.create_connection(('127.0.0.1', {world.tcp_port}), timeout=1)\n"
-                "    connection.sendall(b'ESCAPED')\n    print('connected')\nexcept OSError as error:\n    print('blocked', error)\n"
-                f"try:\n    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'ESCAPED', ('127.0.0.1', {world.udp_port}))\n"
-                "except OSError as error:\n    print('blocked', error)\n",
-                lambda result, world: f"the server got {world.connections}" if world.connections else None,
-                contained_by=("netns",)),
-        Hostile("kill-parent", "import os, signal\n"
-                f"for pid in (os.getppid(), {world.victim.pid}, {os.getpid()}):\n"
-                "    for attempt in (lambda: os.kill(pid, signal.SIGKILL), lambda: os.killpg(os.getpgid(pid), signal.SIGKILL)):\n"
-                "        try:\n            attempt()\n        except OSError as error:\n            print('blocked', error)\n"
-                "try:\n    os.kill(-1, signal.SIGKILL)\nexcept OSError as error:\n    print('blocked', error)\n",
-                victim_killed, contained_by=("own-uid", "pidns")),
-        Hostile("background-process", "import os, sys\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
-                f"        os.execv(sys.executable, [sys.executable, '-c', {leftover_source!r}, 'rlif-leftover-{NONCE}'])\n"
-                "    os._exit(0)\nos.wait()\n", lambda result, world: None, tests="pass\n",
-                contained_by=("own-uid", "pidns")),
-        Hostile("os-exit-0", "import os\nos._exit(0)\n", faked_pass),
-        Hostile("sys-exit-0", "import sys\nsys.exit(0)\n", faked_pass),
-        Hostile("exit-builtin", "exit()\n", faked_pass),
-        Hostile("kill-self", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n", faked_pass),
-        Hostile("abort", "import os\nos.abort()\n", faked_pass),
-        Hostile("sigterm-self", "import signal\nsignal.raise_signal(signal.SIGTERM)\n", faked_pass),
-        Hostile("exit-in-thread", "import os, threading, time\nthreading.Thread(target=lambda: (time.sleep(0.05), os._exit(0))).start()\n"
-                "time.sleep(1)\n", faked_pass),
-        Hostile("forged-markers", "import os, sys\nprint('pass', '0' * 32)\nprint('passed')\nsys.stderr.write('OK\\n')\n"
-                "for fd in range(3, 1024):\n    try:\n        os.write(fd, b'pass ' + b'0' * 32 + b'\\n{\"event\": \"tests-started\"}\\n')\n"
-                "    except OSError:\n        pass\nos._exit(0)\n", faked_pass),
-        Hostile("closed-fds", "import os\nos.closerange(3, 1 << 16)\n", faked_pass),
-        Hostile("print-redefined", "import builtins\nbuiltins.print = lambda *args, **kwargs: None\n", faked_pass,
-                tests="print('pass')\nassert 1 == 2\n"),
-        Hostile("builtins-patched", "import builtins\nbuiltins.abs = lambda number: 0\nbuiltins.isinstance = lambda *args: True\n"
-                "def f(x):\n    return 0\n", faked_pass, tests="assert abs(f(1) - 2) < 1e-6\nassert isinstance(f(1), str)\n",
-                limits={"entry_point": "f"}),
-        Hostile("helpers-shadowed", "abs = lambda number: 0\n__builtins__ = {'abs': abs}\nAssertionError = Warning\n"
-                "def check(candidate):\n    pass\ndef f(x):\n    return 0\n", faked_pass,
-                tests="def check(candidate):\n    assert abs(candidate(1) - 2) < 1e-6\n\ncheck(f)\n", limits={"entry_point": "f"}),
-        Hostile("always-equal", "class AlwaysEqual:\n    def __eq__(self, other):\n        return True\n"
-                "    def __ne__(self, other):\n        return False\n    def __bool__(self):\n        return True\n"
-                "def f(x):\n    return AlwaysEqual()\n", faked_pass, tests="assert f(1) == 2\nassert f(1) == [3]\n",
-                limits={"entry_point": "f"}),
-        Hostile("int-subclass-eq", "class Sneaky(int):\n    def __eq__(self, other):\n        return True\n"
-                "    __hash__ = int.__hash__\ndef f(x):\n    return Sneaky(0)\n", faked_pass, tests="assert f(1) == 2\n",
-                limits={"entry_point": "f"}),
-        Hostile("nested-eq", "class AlwaysEqual:\n    def __eq__(self, other):\n        return True\n"
-                "def f(x):\n    return [1, (2, AlwaysEqual())]\n", faked_pass, tests="assert f(1) == [1, (2, 3)]\n",
-                limits={"entry_point": "f"}),
-        Hostile("module-patched", "import math\nmath.isclose = lambda *args, **kwargs: True\ndef f(x):\n    return 0\n",
-                faked_pass, tests="import math\nassert math.isclose(f(1), 2)\n"),
-        Hostile("module-replaced", "import sys, types\nfake = types.ModuleType('math')\nfake.isclose = lambda *args, **kwargs: True\n"
-                "sys.modules['math'] = fake\ndef f(x):\n    return 0\n", faked_pass, tests="import math\nassert math.isclose(f(1), 2)\n"),
-        Hostile("trace-skips-asserts", tracer, faked_pass, tests="x = 1\nassert x == 2\ny = 2\nassert y == 3\nz = 3\n"),
+        Hostile("open-files", source("""
+            handles = []
+            try:
+                for _ in range(1000):
+                    handles.append(open('/dev/null'))
+            except OSError:
+                pass
+            print('handles', len(handles))
+            """), printed_count_reaches("handles", 64), tests="pass\n", contained_by=("rlimit-nofile",)),
     ]
+    reach = [
+        Hostile("files-outside", source(f"""
+            import os, shutil
+            for path in [{escapes}]:
+                try:
+                    open(path, 'w').write('escaped')
+                except OSError as error:
+                    print('blocked', error)
+            canary = {str(world.canary)!r}
+            attempts = [lambda: open(canary, 'w').write('overwritten'), lambda: os.chmod(canary, 0o777),
+                        lambda: os.rename(canary, canary + '.moved'), lambda: os.remove(canary),
+                        lambda: shutil.rmtree(os.path.dirname(canary))]
+            for attempt in attempts:
+                try:
+                    attempt()
+                except OSError as error:
+                    print('blocked', error)
+            """), files_touched, contained_by=("own-uid", "bubblewrap")),
+        Hostile("environment-secrets", source("""
+            import os
+            print(dict(os.environ))
+            for name in os.listdir('/proc'):
+                if name.isdigit() or name == 'self':
+                    try:
+                        print(open(f'/proc/{name}/environ', 'rb').read())
+                    except OSError:
+                        pass
+            """), stdout_contains(world.secret), limits={"max_output_bytes": 4 << 20}, contained_by=("own-uid", "pidns")),
+        Hostile("ssh-key", source(f"""
+            import os
+            for path in [{str(world.key)!r}, '/root/.ssh/id_rsa', '/root/.ssh/id_ed25519', os.path.expanduser('~/.ssh/id_rsa')]:
+                try:
+                    print(open(path).read())
+                except OSError as error:
+                    print('blocked', error)
+            try:
+                print(os.listdir('/root'))
+            except OSError as error:
+                print('blocked', error)
+            """), stdout_contains(f"FAKE-KEY-{NONCE}"), contained_by=("own-uid", "bubblewrap")),
+        Hostile("network", source(f"""
+            import socket
+            try:
+                connection = socket.create_connection(('127.0.0.1', {world.tcp_port}), timeout=1)
+                connection.sendall(b'ESCAPED')
+                print('connected')
+            except OSError as error:
+                print('blocked', error)
+            try:
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'ESCAPED', ('127.0.0.1', {world.udp_port}))
+            except OSError as error:
+                print('blocked', error)
+            """), lambda result, world: f"the server got {world.connections}" if world.connections else None,
+                contained_by=("netns",)),
+        Hostile("kill-parent", source(f"""
+            import os, signal
+            for pid in (os.getppid(), {world.victim.pid}, {os.getpid()}):
+                for attempt in (lambda: os.kill(pid, signal.SIGKILL), lambda: os.killpg(os.getpgid(pid), signal.SIGKILL)):
+                    try:
+                        attempt()
+                    except OSError as error:
+                        print('blocked', error)
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except OSError as error:
+                print('blocked', error)
+            """), victim_killed, contained_by=("own-uid", "pidns")),
+        Hostile("background-process", source(f"""
+            import os, sys
+            if os.fork() == 0:
+                os.setsid()
+                if os.fork() == 0:
+                    os.execv(sys.executable, [sys.executable, '-c', {LEFTOVER_SLEEPER!r}, 'rlif-leftover-{NONCE}'])
+                os._exit(0)
+            os.wait()
+            """), lambda result, world: None, tests="pass\n", contained_by=("own-uid", "pidns")),
+    ]
+    return resources + reach + exits_and_fakes
 
 
 def _make_world(root: Path) -> World:

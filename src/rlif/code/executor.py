@@ -438,9 +438,18 @@ def _classify(started: dict | None, events: list[dict], passed: bool, timed_out:
                       "an os._exit, a signal, or a crash")
 
 
+def _work_root() -> str:
+    """The temp folder, unless a folder above it is closed to other users (TMPDIR under /root): the run's uid
+    must reach its directory, so then /tmp."""
+    folder = Path(tempfile.gettempdir()).resolve()
+    if all(path.stat().st_mode & 0o001 for path in (folder, *folder.parents)):
+        return str(folder)
+    return "/tmp"
+
+
 def _run(mode: str, interpreter: str, program: str, tests: str, limits: Limits, entry_point: str | None) -> ExecutionResult:
     uid = _allocate_uid() if _running_as_root() else None
-    workdir = Path(tempfile.mkdtemp(prefix="rlif-code-"))
+    workdir = Path(tempfile.mkdtemp(prefix="rlif-code-", dir=_work_root()))
     finished = False
     try:
         if uid is not None:
@@ -520,7 +529,8 @@ def _run_in(mode: str, interpreter: str, workdir: Path, uid: int | None, program
     exit_code, signal_number = _exit_status(mode, wait_status)
     started, events, passed = _parse_channel(bytes(capture.chunks[result_r]), token)
     applied = list(started.get("rlimits", [])) if started else []
-    cpu_exhausted = "rlimit-cpu" in applied and cpu_s >= rlimits["cpu_s"] - 0.1  # the kernel's and rusage's clocks differ a little
+    # the kernel's RLIMIT_CPU clock and the rusage differ a little: 0.1 s of slack
+    cpu_exhausted = "rlimit-cpu" in applied and cpu_s >= rlimits["cpu_s"] - 0.1
     status, detail = _classify(started, events, passed, timed_out, cpu_exhausted, limits, exit_code, signal_number)
     checks = ["end-token", "pristine-builtins", "fresh-modules", "hooks-cleared", "tests-namespace"]
     if entry_point:

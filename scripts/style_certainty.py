@@ -2,11 +2,13 @@
 
     python scripts/style_certainty.py                 # the shipped base model, the first 200 held-out problems
     python scripts/style_certainty.py --model runs/testbed-intuitor/checkpoints/step-000060
+    python scripts/style_certainty.py --world scaffolded   # the second world's answers under its base model
 
-Scores the *correct* response of each style (`rlif.testbed.task.direct_response` / `step_response`, followed by EOS)
-to the same problems under the model, with the prompts rendered as the main job renders them, and reports per style:
+Scores the *correct* response of each style (`rlif.testbed.task.direct_response` / `step_response` as the world
+writes it, followed by EOS) to the same problems under the model, with the prompts rendered as the main job renders them, and reports per style:
 the sequence self-certainty (the INTUITOR reward: mean over the response's tokens) and entropy, and self-certainty, entropy and
-share of tokens split into digits and everything else (`+`, `=`, `answer:`, newlines, EOS).
+share of tokens split into digits and everything else (`+`, `=`, `answer:`, newlines, EOS; in the scaffolded world
+also the place labels and `carry`).
 """
 
 from __future__ import annotations
@@ -18,16 +20,19 @@ import torch
 
 from rlif.config import load_config
 from rlif.models.load import load_model, load_tokenizer
-from rlif.signals.score import encode_pairs
-from rlif.signals.model import SignalModel
 from rlif.signals.batching import score_in_batches
+from rlif.signals.model import SignalModel
+from rlif.signals.score import encode_pairs
 from rlif.signals.tokens import masked_mean
-from rlif.testbed.task import direct_response, held_out_problems, prompt_text, step_response
+from rlif.testbed.task import WORLDS, World, direct_response, get_world, held_out_problems, prompt_text, step_response
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def style_table(model_path: str, config_path: Path, limit: int) -> list[dict]:
+CONFIGS = {"columns": "configs/testbed/intuitor.yaml", "scaffolded": "configs/testbed/intuitor-scaffolded.yaml"}
+
+
+def style_table(model_path: str, config_path: Path, limit: int, world: World = WORLDS["columns"]) -> list[dict]:
     config = load_config(config_path)
     tokenizer, model = load_tokenizer(model_path), load_model(model_path).eval()
     problems = held_out_problems()[:limit]
@@ -35,7 +40,7 @@ def style_table(model_path: str, config_path: Path, limit: int) -> list[dict]:
     signal_model = SignalModel(model)
     digit_ids = torch.tensor([i for i in range(len(tokenizer)) if tokenizer.decode([i]).strip().isdigit()])
     rows = []
-    for style, respond in (("direct", direct_response), ("step by step", step_response)):
+    for style, respond in (("direct", direct_response), ("step by step", lambda p: step_response(p, world=world))):
         responses = [respond(p) + tokenizer.eos_token for p in problems]
         prompt_ids, prompt_mask, response_ids, response_mask = encode_pairs(
             tokenizer, prompts, responses, chat_template=config.data.chat_template, system_prompt=config.data.system_prompt
@@ -56,12 +61,15 @@ def style_table(model_path: str, config_path: Path, limit: int) -> list[dict]:
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(REPO / "src/rlif/testbed/base_model"))
-    parser.add_argument("--config", type=Path, default=REPO / "configs/testbed/intuitor.yaml", help="prompt rendering")
+    parser.add_argument("--world", default="columns", choices=list(WORLDS), help="how the step-by-step answers are written")
+    parser.add_argument("--model", default=None, help="default: the world's shipped base model")
+    parser.add_argument("--config", type=Path, default=None, help="prompt rendering (default: the world's main job)")
     parser.add_argument("--limit", type=int, default=200, help="held-out problems")
     args = parser.parse_args(argv)
-    rows = style_table(args.model, args.config, args.limit)
-    print(f"{args.model}: correct responses to the first {args.limit} held-out problems, EOS included\n")
+    world = get_world(args.world)
+    model = args.model or str(REPO / "src/rlif/testbed" / world.model_folder)
+    rows = style_table(model, args.config or REPO / CONFIGS[world.name], args.limit, world)
+    print(f"{model} (world {world.name}): correct responses to the first {args.limit} held-out problems, EOS included\n")
     print("| style | sequence self-certainty (the reward) | tokens | entropy | digit share | SC digits | SC other | entropy digits | entropy other |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:

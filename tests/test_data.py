@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from rlif.errors import DataError
 from rlif.data.prompts import load_prompts, render_prompt
+from rlif.errors import DataError
 
 
 def write_lines(path, lines):

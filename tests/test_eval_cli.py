@@ -6,8 +6,8 @@ import json
 import pytest
 import yaml
 
-from rlif.data.answers import MATH
 from rlif.cli import main
+from rlif.data.answers import MATH
 from rlif.data.jsonl import read_log as read_jsonl
 
 FIELDS = {"problem", "sample", "prompt", "label", "response", "answer", "correct", "self_certainty", "entropy", "mean_logprob", "num_tokens", "truncated"}
@@ -97,9 +97,9 @@ def test_eval_refuses_other_settings_and_bad_input_before_loading(tmp_path, tiny
 
 def test_eval_of_a_training_run_uses_its_prompt_settings(tmp_path, tiny_model_dir, addition_data):
     from rlif.config import load_config
+    from rlif.data.prompts import prepare_prompts
     from rlif.eval.generate import generate_records
     from rlif.models.load import eos_token_ids, load_model, load_tokenizer
-    from rlif.data.prompts import prepare_prompts
     from rlif.rl.train import train
 
     raw = {

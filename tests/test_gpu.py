@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from reference import assert_close, reference
+
 from rlif.signals.chunked import hidden_signals
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check.sh)")

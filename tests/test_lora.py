@@ -10,11 +10,11 @@ import yaml
 
 import rlif.models.lora
 import rlif.rl.train
-from rlif.rl.checkpoint import latest_checkpoint
-from rlif.errors import ConfigError
 from rlif.config import load_config
-from rlif.rl.distributed import check_supported_setup
 from rlif.data.jsonl import read_log as read_jsonl
+from rlif.errors import ConfigError
+from rlif.rl.checkpoint import latest_checkpoint
+from rlif.rl.distributed import check_supported_setup
 from rlif.rl.train import train
 
 pytest.importorskip("peft")
@@ -71,8 +71,8 @@ def test_lora_run_reference_checkpoints_and_resume(tmp_path, tiny_model_dir, add
 
 def test_adapter_initialization_follows_the_seed(tiny_model_dir):
     from rlif.config import LoraConfig
-    from rlif.models.lora import apply_lora
     from rlif.models.load import load_model
+    from rlif.models.lora import apply_lora
 
     def adapters(seed):
         model = apply_lora(load_model(str(tiny_model_dir)), LoraConfig(rank=4), seed)

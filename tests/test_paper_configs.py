@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from rlif.config import Config, load_config
-from rlif.models.load import load_tokenizer
 from rlif.data.prompts import prepare_prompts
+from rlif.models.load import load_tokenizer
 from rlif.rl.train import total_steps
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,11 +19,11 @@ import torch
 import yaml
 from conftest import ALPHABET, write_addition_data
 
-from rlif.rl.checkpoint import latest_checkpoint
 from rlif.config import load_config
 from rlif.data.jsonl import read_log as read_jsonl
-from rlif.testbed.tiny import char_tokenizer, tiny_causal_lm
+from rlif.rl.checkpoint import latest_checkpoint
 from rlif.rl.train import train
+from rlif.testbed.tiny import char_tokenizer, tiny_causal_lm
 
 STEPS = 3
 TESTS = Path(__file__).parent

@@ -3,10 +3,22 @@
 import pytest
 import torch
 
+from rlif.config import load_config
 from rlif.data.answers import MATH, agreement, plurality
 from rlif.errors import ConfigError
-from rlif.config import load_config
-from rlif.rl.rewards import REWARDS, WeightedSum, build_reward, compute_reward, negative_entropy_reward, offline_self_certainty_reward, plurality_reward, random_reward, register, resolve_reward, self_certainty_reward
+from rlif.rl.rewards import (
+    REWARDS,
+    WeightedSum,
+    build_reward,
+    compute_reward,
+    negative_entropy_reward,
+    offline_self_certainty_reward,
+    plurality_reward,
+    random_reward,
+    register,
+    resolve_reward,
+    self_certainty_reward,
+)
 from rlif.rl.rollout import LabelsHiddenError, Rollout
 from rlif.signals.tokens import TokenSignals
 from rlif.testbed.task import ARITHMETIC
@@ -149,8 +161,8 @@ def test_offline_and_online_self_certainty_differ_after_an_update(tiny_model_dir
     """Both equal the same model's self-certainty before any update; after one, only the online one moves."""
     from rlif.models.load import eos_token_ids, load_model, load_tokenizer
     from rlif.rl.rollout import generate_rollout
-    from rlif.signals.model import SignalModel
     from rlif.signals.batching import score_in_batches
+    from rlif.signals.model import SignalModel
 
     policy, tokenizer = load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
     reference = SignalModel(load_model(str(tiny_model_dir))).eval()

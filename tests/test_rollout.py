@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from rlif.models.load import eos_token_ids, load_model, load_tokenizer
-from rlif.rl.rewards import compute_reward, correctness_reward, register, resolve_reward, REWARDS
+from rlif.rl.rewards import REWARDS, compute_reward, correctness_reward, register, resolve_reward
 from rlif.rl.rollout import LabelsHiddenError, generate_rollout
-from rlif.signals.model import SignalModel
 from rlif.signals.batching import score_in_batches
+from rlif.signals.model import SignalModel
 
 
 def rollout_for(model_dir, prompts, **overrides):

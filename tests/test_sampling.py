@@ -5,11 +5,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from reference import keyed_uniform_reference
+
 from rlif.models.load import eos_token_ids, load_model, load_tokenizer
-from rlif.sampling.native import _COMPILED_DECODERS, draw_tokens, sample
 from rlif.sampling.keys import keyed_uniform
+from rlif.sampling.native import _COMPILED_DECODERS, draw_tokens, sample
 from rlif.signals.batching import pad_pairs
 from rlif.signals.model import SignalModel
 

@@ -5,11 +5,11 @@ import json
 
 import pytest
 import torch
-
 from reference import reference_exact
+
 from rlif.cli import main
-from rlif.models.load import load_model, load_tokenizer
 from rlif.data.jsonl import read_log as read_jsonl
+from rlif.models.load import load_model, load_tokenizer
 
 ROWS = [
     {"prompt": "12+3=", "response": "15</s>", "id": "a"},

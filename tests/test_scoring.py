@@ -4,13 +4,12 @@ import copy
 
 import pytest
 import torch
+from reference import reference_exact
 
 from rlif.models.load import load_model
 from rlif.rl.rollout import generate_rollout
-from rlif.signals.batching import pad_pairs
+from rlif.signals.batching import length_batches, pad_pairs, score_in_batches
 from rlif.signals.model import SignalModel
-from rlif.signals.batching import length_batches, score_in_batches
-from reference import reference_exact
 
 
 def reference_row(model64, prompt, response, temperature=1.0):

@@ -5,7 +5,16 @@ import random
 import pytest
 
 from rlif.data.answers import answers_match
-from rlif.eval.best_of_n import best_of_n, borda_ranks, borda_vote, default_borda_p, majority_vote, max_score, pass_at_n, random_pick
+from rlif.eval.best_of_n import (
+    best_of_n,
+    borda_ranks,
+    borda_vote,
+    default_borda_p,
+    majority_vote,
+    max_score,
+    pass_at_n,
+    random_pick,
+)
 
 same_text = lambda a, b: a == b  # noqa: E731
 

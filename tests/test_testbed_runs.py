@@ -6,10 +6,10 @@ import pytest
 import yaml
 
 from rlif.cli import main
-from rlif.runs.compare import load_comparison
-from rlif.errors import ConfigError
 from rlif.data.jsonl import read_log as read_jsonl
+from rlif.errors import ConfigError
 from rlif.runs.checkpoint_choice import RULES, agreement_early_stop, agreement_within_kl, choose, labeled_best, pick_gap
+from rlif.runs.compare import load_comparison
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN_JOB = REPO / "configs" / "testbed" / "intuitor.yaml"

@@ -1,8 +1,8 @@
 """End-to-end training on a tiny model: learning signal, resume equality, kills, NaN, bad input."""
 
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -14,11 +14,11 @@ import yaml
 from safetensors.torch import load_file
 
 import rlif.rl.checkpoint
-from rlif.rl.checkpoint import latest_checkpoint
 from rlif.cli import main
 from rlif.config import load_config
 from rlif.data.jsonl import read_log as read_jsonl
 from rlif.errors import TrainingDiverged
+from rlif.rl.checkpoint import latest_checkpoint
 from rlif.rl.step import train_step, update
 from rlif.rl.train import set_up, step_prompts, train
 

@@ -6,8 +6,8 @@ installed (`pip install triton`; it is not a test dependency, so CI skips these)
 
 import pytest
 import torch
-
 from reference import assert_close, assert_signals_match_float64, reference, reference_exact
+
 from rlif.signals import triton_kernels as triton_signals
 from rlif.signals.chunked import hidden_signals
 

@@ -7,8 +7,8 @@ import torch
 
 from rlif.models.load import load_model
 from rlif.rl.rollout import generate_rollout
-from rlif.signals.model import SignalModel
 from rlif.signals.batching import length_batches
+from rlif.signals.model import SignalModel
 
 REPO = Path(__file__).resolve().parents[1]
 

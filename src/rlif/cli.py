@@ -10,7 +10,6 @@ from rlif.errors import USER_ERRORS, ModelInstallError, TrainingDiverged
 from rlif.sampling import DECODE_MODES
 
 
-
 def cmd_train(args) -> None:
     from rlif.config import load_config
     from rlif.rl.train import train
@@ -135,7 +134,7 @@ def cmd_compare(args) -> None:
 
 
 def cmd_testbed(args) -> None:
-    from rlif.testbed import BASE_MODEL_DIR, DATA_DIR
+    from rlif.testbed import DATA_DIR
 
     if args.action == "data":
         from rlif.testbed.task import write_split_files
@@ -146,11 +145,13 @@ def cmd_testbed(args) -> None:
     from dataclasses import fields
 
     from rlif.testbed.pretrain import PretrainConfig, pretrain
+    from rlif.testbed.task import get_world
 
     values = {f.name: getattr(args, f.name) for f in fields(PretrainConfig) if getattr(args, f.name, None) is not None}
-    summary = pretrain(args.output or BASE_MODEL_DIR, PretrainConfig(**values), progress=not args.no_progress)
+    output = args.output or get_world(args.world).model_dir
+    summary = pretrain(output, PretrainConfig(**values), progress=not args.no_progress)
     print(json.dumps(summary["held_out_greedy"]))
-    print(f"model: {args.output or BASE_MODEL_DIR}")
+    print(f"model: {output}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,7 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--output", default=None, help="folder (default: the package's shipped data folder)")
     data.set_defaults(func=cmd_testbed)
     pretrain = testbed_commands.add_parser("pretrain", help="pretrain the testbed's base model (default: overwrite the shipped one)")
-    pretrain.add_argument("--output", default=None, help="model folder (default: the package's shipped base_model)")
+    pretrain.add_argument("--output", default=None, help="model folder (default: the package's shipped model of the world)")
+    pretrain.add_argument(
+        "--world", default="columns", choices=["columns", "scaffolded"],
+        help="how step-by-step answers write their column lines: columns (5+8+2=15; the shipped base_model) or scaffolded "
+        "(units: 5+8+2=15, tens: 4+7+1+carry 1=13; base_model_scaffolded)",
+    )
     pretrain.add_argument("--steps", type=int, default=None)
     pretrain.add_argument("--seed", type=int, default=None)
     pretrain.add_argument("--eval-every", dest="eval_every", type=int, default=None)

@@ -4,7 +4,8 @@
 then trains it by next-token prediction on responses to freshly generated problems: half answered
 directly, half column by column, and a fraction `noise` of them holding one error (a dropped carry or a
 wrong answer digit). The held-out test problems are never trained on. Everything is seeded and runs on
-the CPU, so running the command again rebuilds the shipped model (`rlif.testbed.BASE_MODEL_DIR`).
+the CPU, so running the command again rebuilds the shipped model (`rlif.testbed.BASE_MODEL_DIR`; with `world="scaffolded"`,
+`rlif.testbed.task.SCAFFOLDED.model_dir`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from rlif.data.prompts import PromptRecord
 from rlif.eval.generate import generate_records
 from rlif.eval.summary import summarize
 from rlif.testbed.task import (
-    ALPHABET,
     ARITHMETIC,
+    COLUMNS,
     Difficulty,
+    World,
+    get_world,
     held_out_problems,
     noisy_response,
     prompt_text,
@@ -56,9 +59,11 @@ class PretrainConfig:
     """Held-out problems answered greedily at the end (accuracy per style goes into pretrain.json)."""
     eval_every: int = 0
     """Also answer the first 100 held-out problems every this many steps, to log the learning curve (0: never)."""
+    world: str = "columns"
+    """The testbed world (`rlif.testbed.task.WORLDS`): how step-by-step lines are written; it sets the alphabet and positions."""
 
 
-def _examples(tokenizer, rng: random.Random, count: int, config: PretrainConfig, difficulty: Difficulty, excluded: set):
+def _examples(tokenizer, rng: random.Random, count: int, config: PretrainConfig, difficulty: Difficulty, excluded: set, world: World):
     """Token ids and loss targets (-100 on the prompt) of `count` fresh examples, shortest first."""
     rows = []
     while len(rows) < count:
@@ -66,7 +71,7 @@ def _examples(tokenizer, rng: random.Random, count: int, config: PretrainConfig,
         if problem in excluded:
             continue
         step_by_step = rng.random() < config.step_by_step_fraction
-        response = noisy_response(problem, rng, step_by_step, config.noise)
+        response = noisy_response(problem, rng, step_by_step, config.noise, world)
         prompt_ids = tokenizer(render(tokenizer, prompt_text(problem)), add_special_tokens=False).input_ids
         response_ids = tokenizer(response, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
         rows.append((prompt_ids + response_ids, [-100] * len(prompt_ids) + response_ids))
@@ -110,9 +115,11 @@ def pretrain(output_dir: str | Path, config: PretrainConfig | None = None, progr
 
     output_dir = Path(output_dir)
     difficulty = Difficulty()
-    tokenizer = char_tokenizer(ALPHABET)
+    world = get_world(config.world)
+    tokenizer = char_tokenizer(world.alphabet)
     model = tiny_causal_lm(
-        len(tokenizer), hidden_size=config.hidden_size, num_layers=config.num_layers, num_heads=4, max_positions=128, seed=config.seed
+        len(tokenizer), hidden_size=config.hidden_size, num_layers=config.num_layers, num_heads=4,
+        max_positions=world.max_positions, seed=config.seed,
     )
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -125,7 +132,7 @@ def pretrain(output_dir: str | Path, config: PretrainConfig | None = None, progr
     model.train()
     bar = tqdm(range(1, config.steps + 1), desc="pretrain", unit="step", disable=not progress, dynamic_ncols=True)
     for step in bar:
-        rows = _examples(tokenizer, rng, config.batch_size, config, difficulty, excluded)
+        rows = _examples(tokenizer, rng, config.batch_size, config, difficulty, excluded, world)
         losses.append(_batch_loss(model, rows, tokenizer.pad_token_id))
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -135,7 +142,7 @@ def pretrain(output_dir: str | Path, config: PretrainConfig | None = None, progr
             bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.4f}", refresh=False)
         if config.eval_every and step % config.eval_every == 0 and step < config.steps:
             model.eval()
-            curve.append({"step": step, **evaluate_styles(model, tokenizer, 100)})
+            curve.append({"step": step, **evaluate_styles(model, tokenizer, 100, world=world)})
             model.train()
             bar.write(json.dumps(curve[-1]))
     bar.close()
@@ -148,7 +155,7 @@ def pretrain(output_dir: str | Path, config: PretrainConfig | None = None, progr
         "train_seconds": round(time.perf_counter() - start, 1),
         "loss_every_100_steps": [round(sum(losses[i : i + 100]) / len(losses[i : i + 100]), 5) for i in range(0, len(losses), 100)],
         "held_out_greedy_during_training": curve,
-        "held_out_greedy": evaluate_styles(model, tokenizer, config.eval_problems, progress),
+        "held_out_greedy": evaluate_styles(model, tokenizer, config.eval_problems, progress, world),
     }
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
@@ -157,14 +164,14 @@ def pretrain(output_dir: str | Path, config: PretrainConfig | None = None, progr
     return summary
 
 
-def evaluate_styles(model, tokenizer, count: int, progress: bool = False) -> dict:
-    """Greedy accuracy on the first `count` held-out problems, overall and per answer style."""
+def evaluate_styles(model, tokenizer, count: int, progress: bool = False, world: World = COLUMNS) -> dict:
+    """Greedy accuracy on the first `count` held-out problems, overall and per answer style (budget: the world's)."""
 
     problems = held_out_problems()[:count]
     records = [PromptRecord(prompt_text(p), str(sum(p)), "held-out") for p in problems]
     with tqdm(total=len(records), desc="evaluate", unit="answer", disable=not progress, dynamic_ncols=True) as bar:
         results = generate_records(
             model, tokenizer, records, [render(tokenizer, r.prompt) for r in records], ARITHMETIC,
-            max_new_tokens=96, eos_ids=[tokenizer.eos_token_id], greedy=True, progress=bar,
+            max_new_tokens=world.eval_max_new_tokens, eos_ids=[tokenizer.eos_token_id], greedy=True, progress=bar,
         )
     return {key: round(value, 4) for key, value in summarize(results, "").items()}

@@ -14,6 +14,10 @@ The final answer is the number after the last "answer:", so both styles are chec
 
 Problems come from a seeded `random.Random`; the held-out test split is `TEST_SIZE` problems drawn with
 the fixed `TEST_SEED`, and every other split excludes them.
+
+Worlds (`World`, `WORLDS`): the same problems, prompts, styles and errors, with the column lines written differently.
+`columns` (the default, the shipped `base_model/`) writes them as above; `scaffolded` (`base_model_scaffolded/`) adds
+predictable non-digit scaffolding, chosen by the rule in `SCAFFOLDED`'s comment (docs-draft/second-world.md).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlif.data.answers import AnswerFormat, register_answer_format
+from rlif.testbed import PACKAGE_DIR
 
 TEST_SEED = 20_250_519  # fixed forever: the held-out split must never change
 TEST_SIZE = 500
@@ -89,6 +94,83 @@ def prompt_text(problem: Problem) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Worlds: how the column lines are written
+
+PLACE_NAMES = ("units", "tens", "hundreds", "thousands")  # column labels, units first
+CARRY_WORD = "carry"
+
+
+@dataclass(frozen=True)
+class World:
+    """How a world writes a column line; everything else (problems, prompts, styles, errors, answer line) is shared.
+
+    Rendering draws nothing from the random stream, so two worlds' pretraining streams hold the same problems, styles
+    and errors in the same places. `labels`: the line starts with its column's place name (`tens: `); `carry_word`:
+    the carry-in term is written `carry 1`; `spaced`: a space either side of each `+` and `=`.
+    """
+
+    name: str
+    labels: bool = False
+    carry_word: bool = False
+    spaced: bool = False
+    max_positions: int = 128
+    """The model's `max_position_embeddings` (rotary: no parameters depend on it)."""
+    eval_max_new_tokens: int = 96
+    """Generation budget of pretraining's held-out evaluation."""
+    model_folder: str = "base_model"
+    """The shipped base model, a folder of the `rlif.testbed` package."""
+
+    @property
+    def alphabet(self) -> str:
+        """Every character a prompt or response can contain: the tokenizer's alphabet."""
+        extra = (" ".join(PLACE_NAMES) if self.labels else "") + (CARRY_WORD if self.carry_word else "")
+        return ALPHABET + "".join(sorted(set(extra) - set(ALPHABET)))
+
+    @property
+    def model_dir(self) -> Path:
+        return PACKAGE_DIR / self.model_folder
+
+    def column_line(self, column: int, terms: list[int], total: int) -> str:
+        """The line of `column` (0 = units): its terms (the carry-in last, from the tens on) and their total."""
+        plus, equals = (" + ", " = ") if self.spaced else ("+", "=")
+        written = [str(t) for t in terms]
+        if self.carry_word and column > 0:
+            written[-1] = f"{CARRY_WORD} {written[-1]}"
+        line = plus.join(written) + equals + str(total)
+        if not self.labels:
+            return line
+        if column >= len(PLACE_NAMES):
+            raise ValueError(f"world {self.name!r} labels at most {len(PLACE_NAMES)} columns ({PLACE_NAMES}), got column {column}")
+        return f"{PLACE_NAMES[column]}: {line}"
+
+
+COLUMNS = World("columns")
+# The candidates for the second world, in order (each adds scaffolding to every line of the one before); the rule,
+# fixed before any was measured: take the first whose step-by-step digit share (correct answers to the 500 held-out
+# problems, one token per character plus EOS, pooled) is at most the direct answers' digit share minus 0.05.
+SCAFFOLD_LADDER = (
+    World("S1", labels=True),
+    World("S2", labels=True, carry_word=True),
+    World("S3", labels=True, carry_word=True, spaced=True),
+)
+DIGIT_SHARE_MARGIN = 0.05
+# Measured (text only): direct 0.298, S0 (= columns) 0.463, S1 0.280, S2 0.232, S3 0.185, so the rule chose S2:
+#   units: 5+8+2=15 / tens: 4+7+1+carry 1=13 / hundreds: 3+6+0+carry 1=10 / answer: 1035
+# The longest possible response is 108 tokens with EOS (3 operands of 4 digits; the held-out maximum too), so with the
+# 17-token prompt it would fit 128 positions, but not with a generation budget above it: 256 positions, and a held-out
+# budget of 192 new tokens (the columns world: 96 for at most 56, the same headroom).
+SCAFFOLDED = World("scaffolded", labels=True, carry_word=True, max_positions=256, eval_max_new_tokens=192,
+                   model_folder="base_model_scaffolded")
+WORLDS = {world.name: world for world in (COLUMNS, SCAFFOLDED)}
+
+
+def get_world(name: str) -> World:
+    if name not in WORLDS:
+        raise ValueError(f"unknown testbed world {name!r}; known: {', '.join(WORLDS)}")
+    return WORLDS[name]
+
+
+# ---------------------------------------------------------------------------------------------
 # The two answer styles
 
 
@@ -96,8 +178,8 @@ def direct_response(problem: Problem, answer: int | None = None) -> str:
     return f"{ANSWER_MARKER} {sum(problem) if answer is None else answer}"
 
 
-def column_steps(problem: Problem, dropped_carry: int | None = None) -> tuple[list[str], int]:
-    """The column lines (units first) and the answer they lead to.
+def column_steps(problem: Problem, dropped_carry: int | None = None, world: World = COLUMNS) -> tuple[list[str], int]:
+    """The column lines (units first) as `world` writes them and the answer they lead to.
 
     `dropped_carry`: the column whose carry-in is written as 0 (a pretraining error); the rest of the
     work follows consistently from it, so the stated answer is wrong the way the work is.
@@ -111,37 +193,37 @@ def column_steps(problem: Problem, dropped_carry: int | None = None) -> tuple[li
         if column > 0:
             terms.append(carry)
         total = sum(terms)
-        lines.append("+".join(map(str, terms)) + f"={total}")
+        lines.append(world.column_line(column, terms, total))
         digits.append(total % 10)
         carry = total // 10
     answer = carry * 10**width + sum(d * 10**i for i, d in enumerate(digits))
     return lines, answer
 
 
-def step_response(problem: Problem, dropped_carry: int | None = None) -> str:
-    lines, answer = column_steps(problem, dropped_carry)
+def step_response(problem: Problem, dropped_carry: int | None = None, world: World = COLUMNS) -> str:
+    lines, answer = column_steps(problem, dropped_carry, world)
     return "\n".join(lines + [direct_response(problem, answer)])
 
 
-def noisy_response(problem: Problem, rng: random.Random, step_by_step: bool, noise: float) -> str:
+def noisy_response(problem: Problem, rng: random.Random, step_by_step: bool, noise: float, world: World = COLUMNS) -> str:
     """A response in the given style; with probability `noise` it holds one error.
 
     Direct: one digit of the answer replaced by another. Step by step: one carry dropped (the work and
     the answer follow from it); when no column has a carry, the answer digit error of the direct style.
     """
     if rng.random() >= noise:
-        return step_response(problem) if step_by_step else direct_response(problem)
+        return step_response(problem, world=world) if step_by_step else direct_response(problem)
     if step_by_step:
         _, correct = column_steps(problem)
         carried = [c for c in range(1, max(len(str(n)) for n in problem)) if column_steps(problem, c)[1] != correct]
         if carried:
-            return step_response(problem, dropped_carry=rng.choice(carried))
+            return step_response(problem, dropped_carry=rng.choice(carried), world=world)
     digits = list(str(sum(problem)))
     position = rng.randrange(len(digits))
     digits[position] = rng.choice([d for d in "0123456789" if d != digits[position] and not (position == 0 and d == "0")] or ["1"])
     wrong = int("".join(digits))
     if step_by_step:
-        lines, _ = column_steps(problem)
+        lines, _ = column_steps(problem, world=world)
         return "\n".join(lines + [direct_response(problem, wrong)])
     return direct_response(problem, wrong)
 
@@ -150,7 +232,9 @@ def noisy_response(problem: Problem, rng: random.Random, step_by_step: bool, noi
 # The answer format
 
 _ANSWER = re.compile(re.escape(ANSWER_MARKER) + r" ?(-?\d+)")
-_COLUMN_LINE = re.compile(r"^\d+(?:\+\d+)+=\d+$", re.MULTILINE)
+# A column line of either world: an optional place label and carry word around the columns world's line. Every label
+# and "carry" holds a letter outside the columns world's alphabet, so on that world's responses this is the old test.
+_COLUMN_LINE = re.compile(r"^(?:(?:" + "|".join(PLACE_NAMES) + r"): )?\d+(?:\+(?:carry )?\d+)+=\d+$", re.MULTILINE)
 
 
 def extract_sum(response: str) -> str | None:

@@ -5,6 +5,7 @@ serves the whole module: its start-up and first requests are the slow part.
 """
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -29,6 +30,7 @@ TESTBED = Path(__file__).resolve().parents[1] / "src" / "rlif" / "testbed"
 BASE_MODEL = TESTBED / "base_model"
 MAX_NEW_TOKENS = 80  # configs/testbed/intuitor.yaml
 SET_NUM_THREADS = torch.set_num_threads  # what the engine must leave in place
+LD_PRELOAD = os.environ.get("LD_PRELOAD")  # vLLM's CPU platform adds torch's libgomp to it
 
 
 def rendered_prompts(tokenizer, split: str, count: int) -> tuple[list[list[int]], list[str]]:
@@ -121,7 +123,11 @@ def test_head_dim_16_is_refused_clearly(tmp_path):
         pytest.skip("the CPU attention kernels' restriction")
     folder = save_tiny_model(tmp_path / "hd16", task.ALPHABET, hidden_size=64, num_heads=4)  # head_dim 16
     with pytest.raises(UnsupportedModelError, match=r"head_dim=16.*supports head_dim in \[32, 64"):
-        VLLMEngine(folder, max_model_len=64)
+        VLLMEngine(folder, max_model_len=64)  # refused before start-up, from the model's config
+
+
+def test_start_up_leaves_ld_preload_as_it_was(engine):
+    assert os.environ.get("LD_PRELOAD") == LD_PRELOAD
 
 
 def test_refuses_what_it_cannot_do_as_asked(engine, prompts, tokenizer):

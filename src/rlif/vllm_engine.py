@@ -274,22 +274,41 @@ class VLLMEngine:
         # In-process engine core and worker: update_weights passes tensors, not serialized copies.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         self.timings: dict[str, float] = {}
-        with _process_state_kept():
-            try:
-                self.llm = LLM(**self.settings)
-            except Exception as error:
-                if "Unsupported CPU attention configuration" in str(error):
-                    raise UnsupportedModelError(
-                        f"{self.model_path}: {error}; vLLM's CPU attention supports head_dim in 32, 64, 80, 96, 112, 128, "
-                        "160, 192, 224, 256, 512: use rollout.engine=native for this model"
-                    ) from error
-                raise
+        environment = dict(os.environ)
+        with _process_state_kept(), self._explained():
+            self.llm = LLM(**self.settings)
+        # What start-up changed in os.environ (vLLM's CPU platform sets LD_PRELOAD, OMP and inductor variables for
+        # worker processes it would start). LD_PRELOAD is put back: in-process nothing reads it, and it would leak
+        # into every process the trainer starts later (e.g. reward workers).
+        self.environment_changes = {k: os.environ.get(k) for k in set(os.environ) | set(environment) if os.environ.get(k) != environment.get(k)}
+        if "LD_PRELOAD" in self.environment_changes:
+            if environment.get("LD_PRELOAD") is None:
+                os.environ.pop("LD_PRELOAD", None)
+            else:
+                os.environ["LD_PRELOAD"] = environment["LD_PRELOAD"]
         self.timings["startup_s"] = time.perf_counter() - started
         self._asleep = False
         if warmup:
             begin = time.perf_counter()
-            self.sample([[0]], num_samples=1, max_new_tokens=2, eos_ids=[], temperature=1.0, seed=0)
+            with self._explained():  # the first forward is where an unsupported attention shape shows up
+                self.sample([[0]], num_samples=1, max_new_tokens=2, eos_ids=[], temperature=1.0, seed=0)
             self.timings["warmup_s"] = time.perf_counter() - begin
+
+    @contextlib.contextmanager
+    def _explained(self):
+        """vLLM's CPU attention refusal ("Unsupported CPU attention configuration: head_dim=16 isa=2 ...", raised at
+        the first forward) as an UnsupportedModelError that names head_dim and what is supported."""
+        try:
+            yield
+        except RuntimeError as error:
+            if "Unsupported CPU attention configuration" not in str(error):
+                raise
+            from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+            raise UnsupportedModelError(
+                f"{self.model_path}: vLLM: {error}. vLLM's CPU attention supports head_dim in "
+                f"{CPUAttentionBackend.get_supported_head_sizes()}: use rollout.engine=native for this model"
+            ) from error
 
     # ------------------------------------------------------------------------------------------------ sampling
 
@@ -355,7 +374,8 @@ class VLLMEngine:
             for r in range(len(prompts) * num_samples)
         ]
         requests = [TokensPrompt(prompt_token_ids=list(prompts[r // num_samples])) for r in range(len(params))]
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        with self._explained():
+            outputs = self.llm.generate(requests, params, use_tqdm=False)
         responses, truncated, token_logprobs = [], [], []
         for output in outputs:
             completion = output.outputs[0]

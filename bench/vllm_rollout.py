@@ -64,7 +64,8 @@ def main() -> None:
     prompts = [tokenizer(render_prompt(tokenizer, text), add_special_tokens=False).input_ids for text in texts]
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     eos = eos_token_ids(tokenizer, model)
-    results: dict[str, object] = {"shape": f"{args.prompts}x{args.samples}x{args.tokens}", "model": args.model, "threads": torch.get_num_threads()}
+    shape = f"{args.prompts}x{args.samples}x{args.tokens}"
+    results: dict[str, object] = {"shape": shape, "model": args.model, "threads": torch.get_num_threads()}
 
     _, seconds, _ = timed(lambda: __import__("vllm"))
     results["import_vllm_s"] = seconds

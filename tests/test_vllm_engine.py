@@ -81,7 +81,8 @@ def eos_ids(tokenizer):
 
 
 def native_greedy(model, prompts, tokenizer, max_new_tokens=MAX_NEW_TOKENS, eos=None):
-    return sample(model, prompts, max_new_tokens=max_new_tokens, eos_ids=eos or eos_ids(tokenizer), greedy=True, track_signals=True)
+    eos = eos or eos_ids(tokenizer)
+    return sample(model, prompts, max_new_tokens=max_new_tokens, eos_ids=eos, greedy=True, track_signals=True)
 
 
 # ------------------------------------------------------------------------------------------------ set-up
@@ -241,11 +242,13 @@ def test_update_weights_with_a_merged_lora_adapter_and_from_a_folder(engine, hf_
 @pytest.mark.parametrize("temperature", [0.9, 1.3])
 def test_sampled_logprobs_equal_signal_model_logprobs(engine, hf_model, prompts, tokenizer, temperature):
     group = 4
-    samples = engine.sample(prompts, num_samples=group, max_new_tokens=MAX_NEW_TOKENS, eos_ids=eos_ids(tokenizer), temperature=temperature, seed=5)
+    kwargs = dict(num_samples=group, max_new_tokens=MAX_NEW_TOKENS, eos_ids=eos_ids(tokenizer), temperature=temperature)
+    samples = engine.sample(prompts, seed=5, **kwargs)
     rows = [i for i in range(len(prompts)) for _ in range(group)]
     prompt_ids, prompt_mask = left_pad([prompts[i] for i in rows], tokenizer.pad_token_id)
     response_ids, response_mask = right_pad(samples.responses, tokenizer.pad_token_id)
-    signals = score_in_batches(SignalModel(hf_model), prompt_ids, prompt_mask, response_ids, response_mask, batch_size=64, temperature=temperature)
+    batch = (prompt_ids, prompt_mask, response_ids, response_mask)
+    signals = score_in_batches(SignalModel(hf_model), *batch, batch_size=64, temperature=temperature)
     mask = response_mask.bool()
     ours = samples.token_signals.logprobs
     assert ours.shape == signals.logprobs.shape
@@ -259,11 +262,13 @@ def test_top_p_logprobs_are_renormalized_over_the_nucleus(engine, hf_model, prom
     """Documented difference: with top_p < 1 vLLM's processed log-probs are over the nucleus, rlif's over the
     whole vocabulary (so vLLM's are >= rlif's, and larger where the nucleus drops mass)."""
     group, temperature = 4, 1.3
-    samples = engine.sample(prompts, num_samples=group, max_new_tokens=MAX_NEW_TOKENS, eos_ids=eos_ids(tokenizer), temperature=temperature, top_p=0.8, seed=9)
+    kwargs = dict(num_samples=group, max_new_tokens=MAX_NEW_TOKENS, eos_ids=eos_ids(tokenizer), temperature=temperature)
+    samples = engine.sample(prompts, top_p=0.8, seed=9, **kwargs)
     rows = [i for i in range(len(prompts)) for _ in range(group)]
     prompt_ids, prompt_mask = left_pad([prompts[i] for i in rows], tokenizer.pad_token_id)
     response_ids, response_mask = right_pad(samples.responses, tokenizer.pad_token_id)
-    full = score_in_batches(SignalModel(hf_model), prompt_ids, prompt_mask, response_ids, response_mask, batch_size=64, temperature=temperature)
+    batch = (prompt_ids, prompt_mask, response_ids, response_mask)
+    full = score_in_batches(SignalModel(hf_model), *batch, batch_size=64, temperature=temperature)
     mask = response_mask.bool()
     gap = samples.token_signals.logprobs[mask] - full.logprobs[mask]  # log(1 / nucleus mass) >= 0
     assert gap.min() > -1e-4 and gap.max() > 1e-2
@@ -298,8 +303,10 @@ def sampler_calibration(model, prompts, samples, temperature) -> dict[str, float
     response_ids, response_mask = right_pad(samples.responses, 0)
     attention = torch.cat([prompt_mask, response_mask], 1)
     with torch.no_grad():
-        logits = model(input_ids=torch.cat([prompt_ids, response_ids], 1), attention_mask=attention, position_ids=(attention.cumsum(-1) - 1).clamp(min=0)).logits
-    probs = torch.softmax(logits[:, prompt_ids.shape[1] - 1 : -1].double() / temperature, -1)[response_mask.bool()]  # (tokens, V)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=torch.cat([prompt_ids, response_ids], 1), attention_mask=attention, position_ids=positions).logits
+    logits = logits[:, prompt_ids.shape[1] - 1 : -1][response_mask.bool()]  # (tokens, V): what predicted each token
+    probs = torch.softmax(logits.double() / temperature, -1)
     drawn = response_ids[response_mask.bool()][:, None]  # (tokens, 1)
     classes = {"argmax": probs == probs.max(-1, keepdim=True).values, "mid": (probs > 0.05) & (probs < 0.5), "rare": probs < 0.01}
     z = {}

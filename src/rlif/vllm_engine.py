@@ -104,9 +104,14 @@ def check_versions() -> dict[str, str]:
         "platform": current_platform.device_type,
     }
     if _version(vllm.__version__).release < _version(MIN_VLLM).release:
-        raise VLLMVersionError(f"vLLM {vllm.__version__} is too old: rlif's vLLM engine needs vllm>={MIN_VLLM} (tested with {TESTED_VLLM}). {INSTALL_HINT}")
+        raise VLLMVersionError(
+            f"vLLM {vllm.__version__} is too old: rlif's vLLM engine needs vllm>={MIN_VLLM} (tested with {TESTED_VLLM}). "
+            f"{INSTALL_HINT}"
+        )
     if _version(transformers.__version__) < _version(MIN_TRANSFORMERS):
-        raise VLLMVersionError(f"transformers {transformers.__version__}: rlif needs transformers>={MIN_TRANSFORMERS}. {INSTALL_HINT}")
+        raise VLLMVersionError(
+            f"transformers {transformers.__version__}: rlif needs transformers>={MIN_TRANSFORMERS}. {INSTALL_HINT}"
+        )
     wanted = _declared_requirement(distribution, "transformers")
     if wanted is not None and not wanted.contains(_version(transformers.__version__), prereleases=True):
         raise VLLMVersionError(
@@ -280,7 +285,9 @@ class VLLMEngine:
         # What start-up changed in os.environ (vLLM's CPU platform sets LD_PRELOAD, OMP and inductor variables for
         # worker processes it would start). LD_PRELOAD is put back: in-process nothing reads it, and it would leak
         # into every process the trainer starts later (e.g. reward workers).
-        self.environment_changes = {k: os.environ.get(k) for k in set(os.environ) | set(environment) if os.environ.get(k) != environment.get(k)}
+        self.environment_changes = {
+            k: os.environ.get(k) for k in set(os.environ) | set(environment) if os.environ.get(k) != environment.get(k)
+        }
         if "LD_PRELOAD" in self.environment_changes:
             if environment.get("LD_PRELOAD") is None:
                 os.environ.pop("LD_PRELOAD", None)
@@ -347,6 +354,8 @@ class VLLMEngine:
             )
         if any(len(p) == 0 for p in prompts):
             raise ValueError("VLLMEngine.sample: an empty prompt (vLLM needs at least one prompt token)")
+        if not prompts:  # a process whose share of the prompts is empty
+            return Samples(responses=[], truncated=[], num_samples=num_samples)
         keys = list(prompt_keys) if prompt_keys is not None else list(range(len(prompts)))
         if len(keys) != len(prompts):
             raise ValueError(f"{len(keys)} prompt_keys for {len(prompts)} prompts")

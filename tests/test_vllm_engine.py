@@ -304,7 +304,8 @@ def sampler_calibration(model, prompts, samples, temperature) -> dict[str, float
     attention = torch.cat([prompt_mask, response_mask], 1)
     with torch.no_grad():
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=torch.cat([prompt_ids, response_ids], 1), attention_mask=attention, position_ids=positions).logits
+        input_ids = torch.cat([prompt_ids, response_ids], 1)
+        logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions).logits
     logits = logits[:, prompt_ids.shape[1] - 1 : -1][response_mask.bool()]  # (tokens, V): what predicted each token
     probs = torch.softmax(logits.double() / temperature, -1)
     drawn = response_ids[response_mask.bool()][:, None]  # (tokens, 1)

@@ -1,4 +1,4 @@
-"""The colocated vLLM engine (rlif.vllm_engine) vs rlif's own sampler: start-up, first requests, throughput, weight updates.
+"""The colocated vLLM engine (rlif.sampling.vllm_engine) vs rlif's own sampler: start-up, first requests, throughput, weight updates.
 
     python bench/vllm_rollout.py                       # the testbed base model, 64 prompts x 8 samples x 64 tokens
     python bench/vllm_rollout.py --model PATH --prompts 16 --samples 4 --tokens 128
@@ -10,6 +10,7 @@ in every round and the table reports medians: completion tokens/s by wall clock 
   vllm-no-logprobs the same without log-probs
   rlif             rlif.sampling.sample with per-token signals (what the trainer runs; decode="dynamic")
   rlif-no-signals  the same without signals
+  hf-generate      Hugging Face model.generate(num_return_sequences=G) sampling from softmax(z / T), top-k off
 Needs vllm (see .ci/vllm); prints the load average before and after, which these numbers depend on.
 """
 
@@ -35,6 +36,26 @@ def timed(fn):
     return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
+class _Responses:
+    def __init__(self, responses):
+        self.responses = responses
+
+
+def hf_generate(model, prompts, tokenizer, seed, *, num_samples, max_new_tokens, eos_ids, temperature):
+    """model.generate on the left-padded prompts; responses cut after their first EOS (as the engines return them)."""
+    from rlif.signals.batching import left_pad
+
+    ids, mask = left_pad(prompts, tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                             max_new_tokens=max_new_tokens, num_return_sequences=num_samples, eos_token_id=list(eos_ids),
+                             pad_token_id=tokenizer.pad_token_id)
+    rows = out[:, ids.shape[1]:].tolist()
+    eos = set(eos_ids)
+    return _Responses([row[: next((i + 1 for i, t in enumerate(row) if t in eos), len(row))] for row in rows])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(TESTBED / "base_model"))
@@ -53,9 +74,9 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlif.data import render_prompt
-    from rlif.models import eos_token_ids
-    from rlif.sampling import sample
+    from rlif.data.prompts import render_prompt
+    from rlif.models.load import eos_token_ids
+    from rlif.sampling.native import sample
 
     print(f"load average before: {os.getloadavg()}", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -69,7 +90,7 @@ def main() -> None:
 
     _, seconds, _ = timed(lambda: __import__("vllm"))
     results["import_vllm_s"] = seconds
-    from rlif.vllm_engine import VLLMEngine
+    from rlif.sampling.vllm_engine import VLLMEngine
 
     max_model_len = args.max_model_len or max(len(p) for p in prompts) + args.tokens
     engine, seconds, cpu = timed(lambda: VLLMEngine(args.model, max_model_len=max_model_len, seed=0, warmup=False))
@@ -86,6 +107,7 @@ def main() -> None:
         "vllm-no-logprobs": lambda seed: engine.sample(prompts, seed=seed, logprobs=False, **common),
         "rlif": lambda seed: sample(model, prompts, seed=seed, batch_size=256, track_signals=True, **common),
         "rlif-no-signals": lambda seed: sample(model, prompts, seed=seed, batch_size=256, **common),
+        "hf-generate": lambda seed: hf_generate(model, prompts, tokenizer, seed, **common),
     }
     rates: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     for round_index in range(args.rounds):
@@ -95,7 +117,7 @@ def main() -> None:
             tokens = sum(len(r) for r in out.responses)
             rates[name].append((tokens / seconds, tokens / max(cpu, 1e-9)))
             print(f"round {round_index} {name}: {tokens} tokens, {seconds:.2f} s, {cpu:.2f} CPU-s", flush=True)
-    print(f"\n| variant | completion tokens/s | tokens per CPU-s | vs rlif (wall) |\n|---|---|---|---|")
+    print("\n| variant | completion tokens/s | tokens per CPU-s | vs rlif (wall) |\n|---|---|---|---|")
     base = statistics.median(r[0] for r in rates["rlif"])
     for name, values in rates.items():
         wall, cpu = statistics.median(v[0] for v in values), statistics.median(v[1] for v in values)

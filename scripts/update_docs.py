@@ -1,7 +1,11 @@
-"""Rewrite the generated documentation: docs/configuration.md from the config dataclasses (their field docstrings).
+"""Rewrite the generated documentation: every figure in it comes from a command's output.
 
-    python scripts/update_docs.py            # rewrite docs/configuration.md
-    python scripts/update_docs.py --check    # exit 1 if it is stale (tests/test_config.py runs this check)
+    python scripts/update_docs.py                          # docs/configuration.md, from the config dataclasses
+    python scripts/update_docs.py --check                  # exit 1 if it is stale (tests/test_config.py runs this)
+    python scripts/update_docs.py --main-job RUN           # also the main job's figures in README.md and docs/testbed.md,
+                                                           # from RUN = the folder `rlif train configs/testbed/intuitor.yaml` wrote
+
+tests/test_docs.py runs the main job and checks the figures in README.md and docs/testbed.md against what it computed.
 """
 
 from __future__ import annotations
@@ -10,8 +14,11 @@ import sys
 from pathlib import Path
 
 from rlif.config import config_reference
+from rlif.data.jsonl import read_log
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "configuration.md"
+README, TESTBED = REPO / "README.md", REPO / "docs" / "testbed.md"
 
 HEADER = """# Configuration reference
 
@@ -44,8 +51,85 @@ def render() -> str:
     return HEADER + config_reference() + "\n"
 
 
+def replace_between(text: str, name: str, content: str) -> str:
+    """`text` with what stands between <!-- name:start --> and <!-- name:end --> replaced by `content`."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    return f"{head}{start}\n{content}\n{end}{tail}"
+
+
+def _f(value, digits=3) -> str:
+    return "-" if value is None else f"{0.0 if abs(value) < 0.5 * 10**-digits else value:.{digits}f}"
+
+
+def main_job_evaluations(run_dir: Path) -> list[dict]:
+    return [m for m in read_log(Path(run_dir) / "metrics.jsonl") if "eval/greedy/accuracy" in m]
+
+
+def main_job_table(run_dir: Path) -> str:
+    """The main job's held-out evaluations, one row per evaluation step (docs/testbed.md)."""
+    lines = ["| step | greedy acc. | sampled acc. | step-by-step share (greedy) | length (sampled) | self-certainty (sampled) "
+             "| SC AUROC (sampled) | KL to initial (sampled) | agreement (sampled) |", "|---|---|---|---|---|---|---|---|---|"]
+    for e in main_job_evaluations(run_dir):
+        g, s = (lambda k: e.get(f"eval/greedy/{k}")), (lambda k: e.get(f"eval/sampled/{k}"))
+        lines.append(f"| {e['step']} | {_f(g('accuracy'))} | {_f(s('accuracy'))} | {_f(g('step_by_step'))} | {_f(s('len_mean'), 1)} | "
+                     f"{_f(s('self_certainty'))} | {_f(s('sc_auroc'))} | {_f(s('kl_ref'))} | {_f(s('agreement'))} |")
+    return "\n".join(lines)
+
+
+def main_job_summary(run_dir: Path) -> str:
+    """The README's headline: before and after, from the same run."""
+    first, last = main_job_evaluations(run_dir)[0], main_job_evaluations(run_dir)[-1]
+    before_after = lambda key, digits=3: f"{_f(first[key], digits)} -> {_f(last[key], digits)}"  # noqa: E731
+    return "\n".join([
+        f"The main job, seed 0 (`rlif train configs/testbed/intuitor.yaml`), on the {first.get('eval/greedy/problems', 200)} "
+        "held-out problems before training and after its 60 steps:",
+        "",
+        "| held-out, before -> after | value |",
+        "|---|---|",
+        f"| greedy accuracy | {before_after('eval/greedy/accuracy')} |",
+        f"| share of greedy answers given step by step | {before_after('eval/greedy/step_by_step')} |",
+        f"| self-certainty of sampled answers (the reward) | {before_after('eval/sampled/self_certainty')} |",
+        f"| KL to the initial model (sampled, nats per token) | {before_after('eval/sampled/kl_ref')} |",
+        "",
+        "INTUITOR did what its reward asks (the answers' self-certainty rose), and on this testbed that is the wrong "
+        "move: the model dropped its accurate step-by-step answers for more self-certain direct ones "
+        "([why](docs/testbed.md#the-main-job-intuitor-for-60-steps)); [docs/testbed.md](docs/testbed.md) compares every "
+        "method on this world and on a second one where the accurate style is also the more self-certain one.",
+    ])
+
+
+def main_job_example(run_dir: Path) -> str:
+    """A held-out problem before and after: the first whose greedy answer was step by step and right before training."""
+    evaluations = main_job_evaluations(run_dir)
+    first, last = evaluations[0]["step"], evaluations[-1]["step"]
+    before = {r["problem"]: r for r in read_log(Path(run_dir) / "eval" / f"step_{first:06d}.jsonl") if r["sample"] < 0}
+    after = {r["problem"]: r for r in read_log(Path(run_dir) / "eval" / f"step_{last:06d}.jsonl") if r["sample"] < 0}
+    problem = next(p for p, r in sorted(before.items()) if r["correct"] and r.get("features", {}).get("step_by_step"))
+    old, new = before[problem], after[problem]
+    left, right = old["response"].splitlines(), new["response"].splitlines()
+    width = 36
+    heading = f"step {first}, self-certainty {old['self_certainty']:.3f}:"
+    lines = [f"{old['prompt']} (label {old['label']})", f"{heading:<{width}}step {last}, self-certainty {new['self_certainty']:.3f}:"]
+    for i in range(max(len(left), len(right))):
+        lines.append(f"{(left[i] if i < len(left) else ''):<{width}}{right[i] if i < len(right) else ''}".rstrip())
+    return "```\n" + "\n".join(lines) + "\n```"
+
+
+def render_main_job(run_dir: Path) -> dict[Path, str]:
+    readme = replace_between(README.read_text(), "main-job", main_job_summary(run_dir))
+    testbed = replace_between(TESTBED.read_text(), "main-job-table", main_job_table(run_dir))
+    testbed = replace_between(testbed, "main-job-example", main_job_example(run_dir))
+    return {README: readme, TESTBED: testbed}
+
+
 if __name__ == "__main__":
     if "--check" in sys.argv[1:]:
         sys.exit(0 if DOC.read_text() == render() else 1)
     DOC.write_text(render())
     print(f"updated {DOC}")
+    if "--main-job" in sys.argv[1:]:
+        for path, text in render_main_job(Path(sys.argv[sys.argv.index("--main-job") + 1])).items():
+            path.write_text(text)
+            print(f"updated {path}")

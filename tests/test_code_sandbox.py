@@ -542,6 +542,11 @@ def run_suite(mode: str, world: World) -> SuiteOutcome:
     except RuntimeError as error:
         pytest.skip(f"sandbox {mode} does not work here: {error}")
     cases = hostile_programs(world)
+    # The runs' working directories go into a folder of this suite's own, so that another process's runs (another
+    # test session, an evaluation) are not taken for leftovers of these.
+    private = tempfile.mkdtemp(prefix="rlif-suite-")
+    os.chmod(private, 0o711)  # each run's uid must reach its directory inside
+    saved_tempdir, tempfile.tempdir = tempfile.tempdir, private
     dirs_before = _run_dirs()
     world.connections.clear()
     jobs = [{"program": case.program, "tests": case.tests, "timeout_s": case.timeout_s, "sandbox": mode, **case.limits}
@@ -561,6 +566,9 @@ def run_suite(mode: str, world: World) -> SuiteOutcome:
     leftovers += [f"file {path}" for path in _files_of(uids)]
     leftovers += [f"file {path}" for path in world.escape_paths if path.exists()]
     leftovers += [f"run directory {name}" for name in _run_dirs() - dirs_before]
+    tempfile.tempdir = saved_tempdir
+    if not leftovers:
+        os.rmdir(private)
     _outcomes[mode] = SuiteOutcome(mode, isolation, harms, not_contained, leftovers, dict(zip((c.name for c in cases), results)))
     return _outcomes[mode]
 

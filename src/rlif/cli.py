@@ -20,10 +20,14 @@ def cmd_train(args) -> None:
 
 
 def cmd_score(args) -> None:
+    from rlif.rl.checkpoint import find_run
     from rlif.signals.score import score_file
 
+    model, run_dir = find_run(args.model)  # a training run folder scores its latest checkpoint
+    if run_dir is not None:
+        print(f"scoring with {model}", file=sys.stderr)
     rows = score_file(
-        args.model,
+        model,
         args.input,
         args.output,
         chat_template=args.chat_template,
@@ -88,6 +92,7 @@ def cmd_eval(args) -> None:
         dtype=args.dtype,
         batch_size=args.batch_size,
         decode=args.decode,
+        cpu_threads=args.cpu_threads,
         progress=not args.no_progress,
     )
     summary = run_eval(settings)
@@ -99,10 +104,12 @@ def cmd_select(args) -> None:
     from rlif.eval.job import select_from_file
     from rlif.eval.summary import format_summary
 
-    summary, folder = select_from_file(args.path, answer_format=args.answer_format, borda_p=args.borda_p, seed=args.seed)
+    summary, folder, written = select_from_file(args.path, answer_format=args.answer_format, borda_p=args.borda_p, seed=args.seed)
     print(format_summary(summary))
-    if folder is not None:
-        print(f"\nsummary.json, selection.jsonl and calibration.png rewritten in {folder}")
+    if "best_of_n" not in summary:
+        print("\nno Best-of-N table: these responses hold fewer than 2 samples per problem (evaluate with --n N, N >= 2)")
+    if written:
+        print(f"\nrewritten in {folder}: {', '.join(path.name for path in written)}")
 
 
 def cmd_models(args) -> None:
@@ -158,13 +165,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlif", description="Reinforcement learning from internal feedback (INTUITOR).")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a model (INTUITOR by default) from a YAML config")
-    train.add_argument("config", help="YAML config file (see `rlif config docs`)")
+    train = commands.add_parser(
+        "train", help="train a model (INTUITOR by default) from a YAML config",
+        description="Train with GRPO; the reward is INTUITOR's self-certainty unless reward.name says otherwise. Ready "
+        "configs: configs/testbed/ (the arithmetic testbed, runs on a CPU in minutes) and configs/paper/ (the paper's "
+        "Qwen2.5 runs). Every field: `rlif config docs` or docs/configuration.md.",
+        epilog="examples:\n  rlif train configs/testbed/intuitor.yaml\n  rlif train configs/testbed/intuitor.yaml "
+        "reward.name=correctness run.output_dir=runs/grpo\n  rlif train configs/testbed/intuitor.yaml run.resume=true",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("config", help="YAML config file, e.g. configs/testbed/intuitor.yaml (see `rlif config docs`)")
     train.add_argument("overrides", nargs="*", help="section.field=value overrides, e.g. train.lr=1e-5 run.resume=true")
     train.set_defaults(func=cmd_train)
 
     score = commands.add_parser("score", help="self-certainty, entropy and mean log-prob of given responses")
-    score.add_argument("--model", required=True, help="model folder, installed model name or hub id")
+    score.add_argument("--model", required=True, help="model folder, installed model name, training run folder (its latest checkpoint) or hub id")
     score.add_argument("--input", required=True, help="JSONL with 'prompt' and 'response' per row")
     score.add_argument("--output", required=True, help="JSONL written with the scores added to each row")
     score.add_argument(
@@ -174,9 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="wrap the prompt in the tokenizer's chat template (default: when the tokenizer has one)",
     )
     score.add_argument("--system-prompt", default=None, help="system message for the chat template (default: none)")
-    score.add_argument("--batch-size", type=int, default=8)
-    score.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
-    score.add_argument("--no-progress", action="store_true")
+    score.add_argument("--batch-size", type=int, default=8, help="sequences per forward (default 8; does not change the scores)")
+    score.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"],
+                       help="dtype the model is loaded and scored in (default float32)")
+    score.add_argument("--no-progress", action="store_true", help="no progress bar")
     score.set_defaults(func=cmd_score)
 
     config = commands.add_parser("config", help="print the resolved config, or the reference of every field")
@@ -216,13 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--system-prompt", default=None, help="system message (default: the run's, else rlif's \\boxed{} instruction; '' for none)")
     evaluate.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None, help="use the tokenizer's chat template (default: the run's, else when it has one)")
     evaluate.add_argument("--borda-p", type=float, default=None, help="Borda power p (default 0.3 for N <= 16, 1.2 for N >= 32)")
-    evaluate.add_argument("--dtype", default=None, choices=["float32", "float64", "bfloat16", "float16"])
+    evaluate.add_argument("--dtype", default=None, choices=["float32", "float64", "bfloat16", "float16"],
+                          help="dtype the model is loaded in (default float32)")
     evaluate.add_argument("--batch-size", type=int, default=None, help="sequences per decode batch (default 64; does not change the responses)")
     evaluate.add_argument(
         "--decode", default=None, choices=DECODE_MODES,
         help="decode loop (default dynamic; compiled = static cache + CUDA graphs, for GPUs; same responses)",
     )
-    evaluate.add_argument("--no-progress", action="store_true")
+    evaluate.add_argument("--cpu-threads", type=int, default=None,
+                          help="torch threads of the decode loop on a CPU (default: the run's rollout.cpu_threads, else 1; 0: one per core)")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluate.set_defaults(func=cmd_eval)
 
     select = commands.add_parser("select", help="Best-of-N table and calibration from saved responses (no generation)")
@@ -248,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("overrides", nargs="*", help="section.field=value applied to every run, e.g. train.steps=10")
     compare.add_argument("--only", nargs="+", metavar="METHOD", help="train only these methods (the table shows all that exist)")
     compare.add_argument("--aggregate-only", action="store_true", help="only rebuild the table and plot from existing runs")
-    compare.add_argument("--no-progress", action="store_true")
+    compare.add_argument("--no-progress", action="store_true", help="no progress bars")
     compare.set_defaults(func=cmd_compare)
 
     testbed = commands.add_parser("testbed", help="the arithmetic testbed: prompt files and the base model")
@@ -266,16 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--steps", type=int, default=None)
     pretrain.add_argument("--seed", type=int, default=None)
     pretrain.add_argument("--eval-every", dest="eval_every", type=int, default=None)
-    pretrain.add_argument("--no-progress", action="store_true")
+    pretrain.add_argument("--no-progress", action="store_true", help="no progress bar")
     pretrain.set_defaults(func=cmd_testbed)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # rlif draws its own bars; weight-loading bars are noise here
     try:
         args.func(args)
     except USER_ERRORS as error:

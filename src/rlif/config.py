@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import importlib.util
 import inspect
 import textwrap
 import types
@@ -25,6 +26,7 @@ from rlif.data.answers import get_answer_format
 from rlif.errors import ConfigError
 from rlif.files import write_text_atomic
 from rlif.rl.rewards import build_reward
+from rlif.sampling import DEFAULT_CPU_THREADS, VLLM_INSTALL
 
 DEFAULT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -98,8 +100,14 @@ class RolloutConfig:
     generation_batch_size: int = 64
     """Sequences per `generate` call (memory knob; does not change the result's distribution)."""
     decode: Literal["dynamic", "static", "compiled"] = "dynamic"
-    """Decode loop: dynamic (growing cache, finished rows leave at once; best on CPU), static (fixed-shape
+    """Decode loop of the native engine: dynamic (growing cache, finished rows leave at once; best on CPU), static (fixed-shape
     cache, no host waits), compiled (static + torch.compile with CUDA graphs; for GPUs). All three use the same random numbers."""
+    engine: Literal["auto", "native", "vllm"] = "auto"
+    """Generation engine: native (rlif's KV-cache sampler: exact, keyed randomness; signals from the sampling pass), vllm (a colocated vLLM engine on each process's device, weights synced after every update; the trainer then scores the rollout in one pass for pi_old and self-certainty), auto (vllm when it is installed and the device is a GPU, else native)."""
+    gpu_memory_utilization: float = 0.3
+    """vllm engine on a GPU: the share of the device's memory vLLM takes for its weights and KV cache (the update shares the device; vLLM sleeps between rollouts where it can)."""
+    cpu_threads: int = DEFAULT_CPU_THREADS
+    """Torch threads of the native engine's decode loop on a CPU (0: torch's default, one per core). Decoding runs many small operations, which extra threads slow down on a busy machine (docs/performance.md); the rest of the step keeps torch's default."""
 
     def validate(self) -> None:
         _require(self.group_size >= 2, "rollout.group_size", self.group_size, "an integer >= 2 (advantages need a group)")
@@ -107,6 +115,10 @@ class RolloutConfig:
         _require(0 < self.top_p <= 1, "rollout.top_p", self.top_p, "a number in (0, 1]")
         _require(self.max_new_tokens >= 1, "rollout.max_new_tokens", self.max_new_tokens, "a positive integer")
         _require(self.generation_batch_size >= 1, "rollout.generation_batch_size", self.generation_batch_size, "a positive integer")
+        _require(0 < self.gpu_memory_utilization < 1, "rollout.gpu_memory_utilization", self.gpu_memory_utilization, "a number in (0, 1)")
+        _require(self.cpu_threads >= 0, "rollout.cpu_threads", self.cpu_threads, "0 (torch's default) or a positive integer")
+        if self.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+            _require(False, "rollout.engine", self.engine, f"native or auto, or install vLLM: {VLLM_INSTALL}")
 
 
 @dataclass
@@ -130,7 +142,13 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm."""
     clip_eps: float = 0.2
-    """PPO ratio clip: the surrogate uses clip(ratio, 1 - clip_eps, 1 + clip_eps)."""
+    """PPO ratio clip: the surrogate uses clip(ratio, 1 - clip_eps, 1 + clip_eps). With one update per rollout (ppo_epochs = mini_batches = 1) the ratio is exactly 1, so the clip never binds and this setting changes nothing (loss/clip_frac is 0)."""
+    ppo_epochs: int = 1
+    """Passes of optimizer updates over each rollout (TRL's num_iterations, verl's ppo_epochs). Above 1, pi_old comes from a no-grad scoring pass of the policy before the first update, and the clip binds."""
+    mini_batches: int = 1
+    """Optimizer updates per pass: the rollout's responses are split into this many mini-batches (a seeded shuffle per step and pass; verl's ppo_mini_batch_size = batch / mini_batches). The learning rate schedule advances once per step."""
+    tis_cap: float = 0.0
+    """Truncated importance sampling for engines whose log-probs differ from the trainer's (vllm): each token's loss is weighted by min(pi_trainer / pi_engine, tis_cap) (TRL's vLLM importance sampling correction, verl's TIS). 0: off."""
     kl_coef: float = 0.005
     """beta: weight of the k3 KL(pi || pi_ref) penalty in the loss. 0 skips the reference model entirely."""
     advantage_eps: float = 1e-6
@@ -164,6 +182,9 @@ class TrainConfig:
         _require(0 < self.clip_eps < 1, "train.clip_eps", self.clip_eps, "a number in (0, 1)")
         _require(self.kl_coef >= 0, "train.kl_coef", self.kl_coef, "a non-negative number")
         _require(self.advantage_eps > 0, "train.advantage_eps", self.advantage_eps, "a positive number")
+        for name in ("ppo_epochs", "mini_batches"):
+            _require(getattr(self, name) >= 1, f"train.{name}", getattr(self, name), "a positive integer")
+        _require(self.tis_cap == 0 or self.tis_cap >= 1, "train.tis_cap", self.tis_cap, "0 (off) or a cap >= 1 (e.g. 2)")
 
 
 @dataclass

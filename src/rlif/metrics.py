@@ -10,11 +10,14 @@ from __future__ import annotations
 REWARD_MEAN, REWARD_STD = "reward/mean", "reward/std"
 ROLLOUT_ACCURACY, ROLLOUT_AGREEMENT = "rollout/accuracy", "rollout/agreement"
 LEN_MEAN, LEN_MAX, TRUNCATED = "rollout/len_mean", "rollout/len_max", "rollout/truncated"
+# |engine log-prob - trainer log-prob| of the sampled tokens (when the trainer scores the rollout): mean, max
+LOGPROB_MISMATCH_MEAN, LOGPROB_MISMATCH_MAX = "rollout/logprob_mismatch_mean", "rollout/logprob_mismatch_max"
 SELF_CERTAINTY, ENTROPY, LOGPROB = "signals/self_certainty", "signals/entropy", "signals/logprob"
 KL_REF, REF_SELF_CERTAINTY = "signals/kl_ref", "signals/ref_self_certainty"
 LOSS_POLICY, LOSS_KL, CLIP_FRAC = "loss/policy", "loss/kl", "loss/clip_frac"
 GRAD_NORM, LR = "optim/grad_norm", "optim/lr"
 STEP_S, GENERATE_S, SCORE_S, UPDATE_S, TOKENS_PER_S = "time/step_s", "time/generate_s", "time/score_s", "time/update_s", "time/tokens_per_s"
+SYNC_S = "time/sync_s"  # weights into the vLLM engine after the update (part of time/update_s)
 
 # Evaluation fields (`rlif.eval.summary.summarize`): (words, unit) for reports and plot axes
 EVAL_FIELDS = {

@@ -46,6 +46,7 @@ def generate_records(
     seed: int = 0,
     batch_size: int = 64,
     decode: str = "dynamic",
+    cpu_threads: int = 0,
     problem_ids: Sequence[int] | None = None,
     progress=None,
     reference=None,
@@ -73,6 +74,7 @@ def generate_records(
         prompt_keys=problem_ids,
         batch_size=batch_size,
         decode=decode,
+        cpu_threads=cpu_threads,
         track_signals=True,
         progress=progress,
     )
@@ -131,7 +133,8 @@ def evaluate_in_training(
     bar = tqdm(total=total, desc=f"eval step {step}", unit="answer", leave=False, disable=not show, dynamic_ncols=True)
     common = dict(
         max_new_tokens=config.eval.max_new_tokens or config.rollout.max_new_tokens, eos_ids=eos_ids,
-        batch_size=config.eval.batch_size, decode=config.rollout.decode, problem_ids=shard, reference=reference, progress=bar,
+        batch_size=config.eval.batch_size, decode=config.rollout.decode, cpu_threads=config.rollout.cpu_threads,
+        problem_ids=shard, reference=reference, progress=bar,
     )
     problems_here, rendered_here = [problems.records[i] for i in shard], [problems.rendered[i] for i in shard]
     records = generate_records(model, tokenizer, problems_here, rendered_here, answer_format, greedy=True, **common)

@@ -43,9 +43,9 @@ from rlif.eval.records import SELECTION_FIELDS, append_records, check_fields, lo
 from rlif.eval.summary import summarize_records
 from rlif.files import sha256, write_text_atomic
 from rlif.models.load import eos_token_ids, load_model, load_tokenizer
-from rlif.rl.checkpoint import latest_checkpoint
+from rlif.rl.checkpoint import find_run
 from rlif.runs.plots import plot_calibration
-from rlif.sampling import DECODE_MODES
+from rlif.sampling import DECODE_MODES, DEFAULT_CPU_THREADS
 
 SETTINGS_FILE = "settings.json"
 RESPONSES_FILE = "responses.jsonl"
@@ -94,6 +94,8 @@ class EvalSettings:
     """Sequences per decode batch (speed and memory only: the responses do not depend on it)."""
     decode: str = "dynamic"
     """Decode loop: dynamic, static or compiled (speed only; see rollout.decode)."""
+    cpu_threads: int = DEFAULT_CPU_THREADS
+    """Torch threads of the decode loop on a CPU (0: torch's default; see rollout.cpu_threads)."""
     progress: bool = True
     """Show a progress bar."""
     run_dir: str | None = None
@@ -102,24 +104,6 @@ class EvalSettings:
 
 # ---------------------------------------------------------------------------------------------
 # Settings: command line > the training run's config > defaults
-
-
-def find_run(model: str) -> tuple[str, Path | None]:
-    """(model folder to load, training run folder or None) for a model argument.
-
-    A run folder (config.yaml, no config.json) means its latest complete checkpoint; a folder inside
-    RUN/checkpoints/ is that checkpoint of RUN; anything else is a plain model.
-    """
-
-    path = Path(model)
-    if (path / "config.yaml").is_file() and not (path / "config.json").is_file():
-        latest = latest_checkpoint(path)
-        if latest is None:
-            raise EvalError(f"{path} is a training run without a complete checkpoint (nothing in {path / 'checkpoints'})")
-        return str(latest[1]), path
-    if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file():
-        return str(path), path.parent.parent
-    return model, None
 
 
 def load_run_config(path: str | Path) -> Config:
@@ -164,6 +148,7 @@ def resolve_settings(model: str, benchmark: str | None, output_dir: str, *, conf
             "top_p": rollout.top_p,
             "max_new_tokens": run_config.eval.max_new_tokens or rollout.max_new_tokens,
             "decode": rollout.decode,
+            "cpu_threads": rollout.cpu_threads,
         }
         if benchmark is None:
             benchmark = run_config.eval.path
@@ -209,6 +194,7 @@ def validate(settings: EvalSettings) -> None:
         (settings.max_new_tokens >= 1, "--max-new-tokens", settings.max_new_tokens, "a positive integer"),
         (settings.batch_size >= 1, "--batch-size", settings.batch_size, "a positive integer"),
         (settings.decode in DECODE_MODES, "--decode", settings.decode, f"one of {', '.join(DECODE_MODES)}"),
+        (settings.cpu_threads >= 0, "--cpu-threads", settings.cpu_threads, "0 (torch's default) or a positive integer"),
         (settings.borda_p is None or settings.borda_p >= 0, "--borda-p", settings.borda_p, "a non-negative number"),
         ("{prompt}" in settings.prompt_template, "--prompt-template", settings.prompt_template, "a template containing {prompt}"),
     ]
@@ -309,7 +295,8 @@ def run_eval(settings: EvalSettings) -> dict:
         eos_ids = eos_token_ids(tokenizer, model)
         if finished:
             print(f"resuming {output}: {len(greedy_todo)} greedy and {len(sampled_todo)} sampled problems to go", file=sys.stderr)
-        common = dict(max_new_tokens=settings.max_new_tokens, eos_ids=eos_ids, batch_size=settings.batch_size, decode=settings.decode)
+        common = dict(max_new_tokens=settings.max_new_tokens, eos_ids=eos_ids, batch_size=settings.batch_size, decode=settings.decode,
+                      cpu_threads=settings.cpu_threads)
         total = len(greedy_todo) + n * len(sampled_todo)
         with tqdm(total=total, desc="eval", unit="response", dynamic_ncols=True, disable=not settings.progress) as bar:
             # Greedy answers first, batch_size problems at a time; then N samples, batch_size // N problems at a time.
@@ -346,21 +333,25 @@ def run_eval(settings: EvalSettings) -> dict:
     return summary
 
 
-def write_summary(output: Path, records: list[dict], summary: dict, title: str = "") -> None:
+def write_summary(output: Path, records: list[dict], summary: dict, title: str = "") -> list[Path]:
+    """summary.json, selection.jsonl (with Best-of-N) and calibration.png; returns the files written."""
     output.mkdir(parents=True, exist_ok=True)
+    written = []
     selection = summary.get("best_of_n", {}).get("problems")
     if selection is not None:
         jsonl.write(output / SELECTION_FILE, selection)
+        written.append(output / SELECTION_FILE)
     compact = {**summary, "best_of_n": {k: v for k, v in summary["best_of_n"].items() if k != "problems"}} if selection is not None else summary
-    write_text_atomic(output / SUMMARY_FILE, json.dumps(compact, indent=2, ensure_ascii=False) + "\n")
-    if records:
-        plot_calibration(records, output / CALIBRATION_PLOT, title=title)
+    written.insert(0, write_text_atomic(output / SUMMARY_FILE, json.dumps(compact, indent=2, ensure_ascii=False) + "\n"))
+    if records and plot_calibration(records, output / CALIBRATION_PLOT, title=title) is not None:
+        written.append(output / CALIBRATION_PLOT)
+    return written
 
 
 def select_from_file(path: str, *, answer_format: str | None = None, borda_p: float | None = None, seed: int | None = None) -> tuple[dict, Path | None]:
     """Best-of-N and calibration from saved responses: an evaluation folder (its summary files are
     rewritten) or any responses JSONL with problem, sample, answer, correct, self_certainty, mean_logprob
-    (e.g. a training run's RUN/eval/step_N.jsonl). Returns (summary, folder written or None)."""
+    (e.g. a training run's RUN/eval/step_N.jsonl). Returns (summary, the folder or None, the files rewritten)."""
 
     source = Path(path)
     folder = source if source.is_dir() else None
@@ -388,5 +379,6 @@ def select_from_file(path: str, *, answer_format: str | None = None, borda_p: fl
         raise EvalError(f"{path}: {error}") from None
     if folder is not None:
         summary["settings"] = saved
-        write_summary(folder, records, summary, title=folder.name)
-    return summary, folder
+        title = f"{Path(str(saved.get('model', folder))).name} on {saved.get('benchmark', folder.name)}"
+        return summary, folder, write_summary(folder, records, summary, title=title)
+    return summary, folder, []

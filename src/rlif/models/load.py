@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import logging as hf_logging
 
 from rlif.errors import ModelLoadError
 from rlif.models.install import installed_model_path
@@ -21,7 +22,6 @@ def resolve_model_path(path: str) -> str:
     """A local folder as is; a registered short name (`rlif models list`) as its installed folder; else a hub id."""
     if Path(path).is_dir():
         return path
-
     return installed_model_path(path) or path
 
 
@@ -29,10 +29,40 @@ def _where(path: str) -> str:
     return f"local folder {path}" if Path(path).is_dir() else f"{path!r} (not a local folder; tried the Hugging Face hub)"
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def check_model_folder(path: str, tokenizer_only: bool = False) -> None:
+    """A local folder must be a Hugging Face model folder (config.json; for a tokenizer, tokenizer files are enough):
+    say what it is instead, before transformers blames something else (a missing tokenizer library, a hub lookup)."""
+    folder = Path(path)
+    if not folder.is_dir() or (folder / "config.json").is_file():
+        return
+    if tokenizer_only and any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return
+    if (folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir():
+        raise ModelLoadError(f"{folder} is a training run folder, not a model folder; use one of its checkpoints "
+                             f"({folder / 'checkpoints'}/step_N) or a command that accepts a run (rlif eval, rlif score)")
+    raise ModelLoadError(f"{folder} is not a model folder: it has no config.json (expected a Hugging Face save_pretrained folder)")
+
+
+@contextmanager
+def quiet_transformers():
+    """transformers' progress bars (loading weights, writing shards) off for the block: rlif draws its own."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     """Tokenizer with left padding (rlif's prompt layout) and a pad token (EOS when it has none)."""
 
     path = resolve_model_path(path)
+    check_model_folder(path, tokenizer_only=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as error:  # transformers raises OSError, ValueError, HTTP errors...
@@ -50,8 +80,10 @@ def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = Fals
     """A causal LM with dropout disabled (RL updates must score with the policy that sampled)."""
 
     path = resolve_model_path(path)
+    check_model_folder(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+        with quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
     except Exception as error:
         raise ModelLoadError(f"could not load a causal LM from {_where(path)}: {error}") from None
     disable_dropout(model)

@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rlif.errors import DataError
 from rlif.files import fsync_dir, fsync_tree
+from rlif.models.load import quiet_transformers
 from rlif.models.lora import is_peft_model, save_lora
 
 STATE_FILE = "trainer_state.pt"
@@ -57,11 +59,12 @@ def save_checkpoint(run_dir, step: int, model, tokenizer, state: dict, keep: int
     staging = root / f".incomplete-step_{step:06d}"
     shutil.rmtree(staging, ignore_errors=True)
 
-    if is_peft_model(model):
-        save_lora(model, staging, merged=lora_merged)
-    else:
-        model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
+    with quiet_transformers():  # no "Writing model shards" bar at every checkpoint
+        if is_peft_model(model):
+            save_lora(model, staging, merged=lora_merged)
+        else:
+            model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
     torch.save(state, staging / STATE_FILE)
     fsync_tree(staging)
     if final.exists():  # re-saving the same step (e.g. after a resume): replace it whole
@@ -94,3 +97,20 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def find_run(model: str) -> tuple[str, Path | None]:
+    """(model folder to load, training run folder or None) for a model argument (`rlif eval`, `rlif score`).
+
+    A run folder (config.yaml, no config.json) means its latest complete checkpoint; a folder inside
+    RUN/checkpoints/ is that checkpoint of RUN; anything else is a plain model.
+    """
+    path = Path(model)
+    if (path / "config.yaml").is_file() and not (path / "config.json").is_file():
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise DataError(f"{path} is a training run without a complete checkpoint (nothing in {path / 'checkpoints'})")
+        return str(latest[1]), path
+    if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file():
+        return str(path), path.parent.parent
+    return model, None

@@ -45,17 +45,19 @@ def policy_loss(
     kl_coef: float,
     ref_logprobs: Tensor | None,  # (B, T), None when kl_coef == 0
     total_tokens: float,
+    weights: Tensor | None = None,  # (B, T) per-token importance weights of the surrogate (truncated IS), None: 1
 ) -> LossTerms:
-    """PPO clipped surrogate + kl_coef * k3 KL, aggregated as a token mean over the whole step.
+    """PPO clipped surrogate + kl_coef * k3 KL, aggregated as a token mean over the whole step (or mini-batch).
 
-    Each micro-batch divides its token sum by the step's `total_tokens`, so summing micro-batch
-    gradients gives exactly the gradient of the step's token-mean loss.
+    Each micro-batch divides its token sum by the `total_tokens` of the update, so summing micro-batch
+    gradients gives exactly the gradient of the update's token-mean loss. `weights` multiply each token's
+    surrogate (not its KL term), as truncated importance sampling between the sampling engine and the trainer does.
     """
     mask = response_mask.float()  # (B, T)
     adv = advantages[:, None].float()  # (B, 1), the same advantage for every token
     ratio = torch.exp(logprobs - pi_old_logprobs)  # (B, T)
     surrogate = torch.minimum(ratio * adv, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv)  # (B, T)
-    per_token = -surrogate  # (B, T)
+    per_token = -surrogate if weights is None else -surrogate * weights  # (B, T)
     kl = torch.zeros_like(per_token)
     if kl_coef > 0:
         kl = k3_kl(logprobs, ref_logprobs)  # (B, T)

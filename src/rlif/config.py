@@ -26,6 +26,7 @@ from rlif.data.answers import get_answer_format
 from rlif.errors import ConfigError
 from rlif.files import write_text_atomic
 from rlif.rl.rewards import build_reward
+from rlif.runs.trackers import check_report_to
 from rlif.sampling import DEFAULT_CPU_THREADS, VLLM_INSTALL
 
 DEFAULT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -264,8 +265,8 @@ class RunConfig:
     """Write sample completions to samples.jsonl every this many steps (and at step 1)."""
     num_samples: int = 4
     """Completions written each time samples are dumped."""
-    report_to: Literal["none", "tensorboard", "wandb"] = "none"
-    """Extra experiment tracker through accelerate (metrics.jsonl is always written)."""
+    report_to: list[str] = field(default_factory=lambda: ["none"])
+    """Experiment trackers (accelerate's), a list or one name: tensorboard, wandb, mlflow, trackio, comet_ml, aim, clearml, dvclive, swanlab; all (every installed one); none. They get the flattened config, each step's metrics and the samples; metrics.jsonl is always written (docs/trackers.md)."""
     progress: bool = True
     """Show progress bars."""
 
@@ -274,6 +275,7 @@ class RunConfig:
             _require(getattr(self, name) >= 1, f"run.{name}", getattr(self, name), "a positive integer")
         _require(self.num_samples >= 0, "run.num_samples", self.num_samples, "a non-negative integer")
         _require(bool(self.output_dir), "run.output_dir", self.output_dir, "a folder path")
+        check_report_to(self.report_to)
 
 
 @dataclass
@@ -416,6 +418,8 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
             raise ConfigError(f"config field {name} = {value!r}: expected a string")
         return str(value)
     if origin is list:
+        if isinstance(value, str) and args[0] is str:
+            value = [value]  # one name for a one-item list: run.report_to=tensorboard
         if not isinstance(value, list):
             raise ConfigError(f"config field {name} = {value!r}: expected a list")
         return [_coerce(item, args[0], f"{name}[{i}]") for i, item in enumerate(value)]

@@ -50,6 +50,7 @@ from rlif.rl.distributed import (
 from rlif.rl.reference import build_reference
 from rlif.rl.rewards import build_reward
 from rlif.rl.step import StepPrompts, TrainState, cached_casts, sample_records, sync_engine, train_step
+from rlif.runs import trackers
 from rlif.runs.log import RunLogger
 from rlif.runs.report import write_report
 from rlif.sampling.keys import seed_for
@@ -141,7 +142,7 @@ def build_accelerator(config: Config):
     mixed_precision = config.model.mixed_precision
     if mixed_precision == "auto":
         mixed_precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    log_with = None if config.run.report_to == "none" else config.run.report_to
+    log_with = trackers.resolve(config.run.report_to) or None
     # The update's forward (the prepared model's, under this autocast) uses each weight once: autocast's cache would
     # only hold a bf16 copy of every weight until the forward ends (0.67 GiB for 0.5B, at the update's peak).
     # Sampling, which reuses the weights at every decode step, keeps the cache (`rlif.rl.step.cached_casts`).
@@ -166,7 +167,7 @@ def train(config: Config) -> Path:
     if run is None:  # a resumed run that had already finished
         return run_dir
     state, accelerator = run.state, run.state.accelerator
-    logger = RunLogger(run_dir, accelerator, run.num_steps, run.start_step, config.run.progress, config.run.report_to)
+    logger = RunLogger(run_dir, accelerator, run.num_steps, run.start_step, config.run.progress)
     if run.prompts.dropped:
         logger.write(f"dropped {run.prompts.dropped} prompts longer than data.max_prompt_tokens={config.data.max_prompt_tokens}")
     if run.start_step == 0 and run.eval_problems is not None:
@@ -251,8 +252,7 @@ def set_up(config: Config) -> tuple[Path, Run | None]:
     if resume_from:  # after prepare: the state is keyed by parameter name and gets sharded like the parameters
         load_optimizer_state_dict(accelerator, signal_model, optimizer, saved["optimizer"])
     init_fsdp_root(accelerator, signal_model)
-    if config.run.report_to != "none":
-        accelerator.init_trackers("rlif", config=config.to_dict())
+    trackers.start(accelerator, config, run_dir, first_step=start_step + 1 if resume_from else 0)
     state = TrainState(
         config=config, accelerator=accelerator, signal_model=signal_model, optimizer=optimizer, scheduler=scheduler,
         reference=reference, reward=reward, tokenizer=tokenizer, eos_ids=eos_token_ids(tokenizer, policy),

@@ -1,4 +1,5 @@
-"""Run directory logging: metrics.jsonl, samples.jsonl, optional tracker, progress bar. Rank 0 writes."""
+"""Run directory logging: metrics.jsonl, samples.jsonl, the experiment trackers (rlif.runs.trackers), progress bar.
+Rank 0 writes."""
 
 from __future__ import annotations
 
@@ -9,16 +10,16 @@ from tqdm.auto import tqdm
 
 from rlif import metrics as m
 from rlif.data import jsonl
+from rlif.runs import trackers
 
 
 class RunLogger:
     """Writes per-step metrics and samples; prints a progress bar (or one line per step)."""
 
-    def __init__(self, run_dir: Path, accelerator, total_steps: int, start_step: int, progress: bool, tracker: str):
+    def __init__(self, run_dir: Path, accelerator, total_steps: int, start_step: int, progress: bool):
         self.run_dir = run_dir
         self.accelerator = accelerator
         self.main = accelerator.is_main_process
-        self.tracker = tracker
         self.bar = None
         if self.main and progress:
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
@@ -27,8 +28,7 @@ class RunLogger:
         if not self.main:
             return
         jsonl.append(self.run_dir / "metrics.jsonl", [{"step": step, **metrics}])
-        if self.tracker != "none":
-            self.accelerator.log({k: jsonl.jsonable(v) for k, v in metrics.items()}, step=step)
+        trackers.log(self.accelerator, step, metrics)
         summary = {label: metrics[key] for label, key in _SUMMARY.items() if key in metrics}
         if step == 0:  # the evaluation before training: not an optimizer step (its own bar showed its progress)
             self.write("before training: " + " ".join(f"{k}={v:.4g}" for k, v in summary.items()))
@@ -41,6 +41,7 @@ class RunLogger:
     def samples(self, step: int, records: list[dict]) -> None:
         if self.main:
             jsonl.append(self.run_dir / "samples.jsonl", [{"step": step, **record} for record in records])
+            trackers.log_samples(self.accelerator, step, records)
 
     def write(self, message: str) -> None:
         if self.main:

@@ -2,14 +2,16 @@
 
     python scripts/update_docs.py                          # docs/configuration.md, from the config dataclasses
     python scripts/update_docs.py --check                  # exit 1 if it is stale (tests/test_config.py runs this)
-    python scripts/update_docs.py --main-job RUN           # also the main job's figures in README.md and docs/testbed.md,
-                                                           # from RUN = the folder `rlif train configs/testbed/intuitor.yaml` wrote
+    python scripts/update_docs.py --main-job RUN FULL      # also the main job's figures in README.md and docs/testbed.md:
+        # RUN = the folder `rlif train configs/testbed/intuitor.yaml` wrote (it stops by its label-free rule), FULL = the
+        # folder of the same with run.stop_rule=none run.output_dir=runs/testbed-intuitor-full (all 60 steps)
 
 tests/test_docs.py runs the main job and checks the figures in README.md and docs/testbed.md against what it computed.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -78,24 +80,31 @@ def main_job_table(run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def main_job_summary(run_dir: Path) -> str:
-    """The README's headline: before and after, from the same run."""
-    first, last = main_job_evaluations(run_dir)[0], main_job_evaluations(run_dir)[-1]
-    before_after = lambda key, digits=3: f"{_f(first[key], digits)} -> {_f(last[key], digits)}"  # noqa: E731
+def main_job_summary(run_dir: Path, full_dir: Path) -> str:
+    """The README's headline: what the main job keeps (it stops by its label-free rule), and where the same run goes
+    without the rule (`full_dir`: run.stop_rule=none, all 60 steps)."""
+    chosen = json.loads((Path(run_dir) / "chosen_checkpoint.json").read_text())
+    evaluations = {e["step"]: e for e in main_job_evaluations(run_dir)}
+    first, kept, stopped = evaluations[0], evaluations[chosen["step"]], evaluations[max(evaluations)]
+    full = main_job_evaluations(full_dir)[-1]
+    row = lambda name, key: f"| {name} | {_f(first[key])} | {_f(stopped[key])} | {_f(kept[key])} | {_f(full[key])} |"  # noqa: E731
     return "\n".join([
-        f"The main job, seed 0 (`rlif train configs/testbed/intuitor.yaml`), on the {first.get('eval/greedy/problems', 200)} "
-        "held-out problems before training and after its 60 steps:",
+        "The main job, seed 0 (`rlif train configs/testbed/intuitor.yaml`), on 200 held-out problems. Its label-free stop "
+        f"rule (`run.stop_rule: {chosen['rule']}`, which reads no label) stopped it at step {chosen['stopped_at']} and kept "
+        f"step {chosen['step']}; the last column is the same run without the rule (`run.stop_rule=none`), after "
+        f"{full['step']} steps:",
         "",
-        "| held-out, before -> after | value |",
-        "|---|---|",
-        f"| greedy accuracy | {before_after('eval/greedy/accuracy')} |",
-        f"| share of greedy answers given step by step | {before_after('eval/greedy/step_by_step')} |",
-        f"| self-certainty of sampled answers (the reward) | {before_after('eval/sampled/self_certainty')} |",
-        f"| KL to the initial model (sampled, nats per token) | {before_after('eval/sampled/kl_ref')} |",
+        f"| held-out | before (step 0) | at the stop (step {stopped['step']}) | kept (step {kept['step']}) | "
+        f"without the rule (step {full['step']}) |",
+        "|---|---|---|---|---|",
+        row("greedy accuracy", "eval/greedy/accuracy"),
+        row("share of greedy answers given step by step", "eval/greedy/step_by_step"),
+        row("self-certainty of sampled answers (the reward)", "eval/sampled/self_certainty"),
+        row("KL to the initial model (sampled, nats per token)", "eval/sampled/kl_ref"),
         "",
         "INTUITOR did what its reward asks (the answers' self-certainty rose), and on this testbed that is the wrong "
         "move: the model dropped its accurate step-by-step answers for more self-certain direct ones "
-        "([why](docs/testbed.md#the-main-job-intuitor-for-60-steps)); [docs/testbed.md](docs/testbed.md) compares every "
+        "([why](docs/testbed.md#the-main-job-intuitor-for-60-steps)). [docs/testbed.md](docs/testbed.md) compares every "
         "method on this world and on a second one where the accurate style is also the more self-certain one.",
     ])
 
@@ -117,10 +126,12 @@ def main_job_example(run_dir: Path) -> str:
     return "```\n" + "\n".join(lines) + "\n```"
 
 
-def render_main_job(run_dir: Path) -> dict[Path, str]:
-    readme = replace_between(README.read_text(), "main-job", main_job_summary(run_dir))
-    testbed = replace_between(TESTBED.read_text(), "main-job-table", main_job_table(run_dir))
-    testbed = replace_between(testbed, "main-job-example", main_job_example(run_dir))
+def render_main_job(run_dir: Path, full_dir: Path) -> dict[Path, str]:
+    """README.md and docs/testbed.md with the main job's figures: `run_dir` as the main job ran (it stops by its rule),
+    `full_dir` the same with run.stop_rule=none (all 60 steps: the trajectory docs/testbed.md tabulates)."""
+    readme = replace_between(README.read_text(), "main-job", main_job_summary(run_dir, full_dir))
+    testbed = replace_between(TESTBED.read_text(), "main-job-table", main_job_table(full_dir))
+    testbed = replace_between(testbed, "main-job-example", main_job_example(full_dir))
     return {README: readme, TESTBED: testbed}
 
 
@@ -130,6 +141,7 @@ if __name__ == "__main__":
     DOC.write_text(render())
     print(f"updated {DOC}")
     if "--main-job" in sys.argv[1:]:
-        for path, text in render_main_job(Path(sys.argv[sys.argv.index("--main-job") + 1])).items():
+        at = sys.argv.index("--main-job")
+        for path, text in render_main_job(Path(sys.argv[at + 1]), Path(sys.argv[at + 2])).items():
             path.write_text(text)
             print(f"updated {path}")

@@ -16,8 +16,10 @@ def test_main_job_figures_in_the_docs_are_what_the_main_job_computes(tmp_path, m
     from rlif.rl.train import train
 
     monkeypatch.chdir(REPO)  # the config's paths are relative to the repository root, where the README runs it
-    config = load_config(REPO / "configs" / "testbed" / "intuitor.yaml", [f"run.output_dir={tmp_path / 'main'}", "run.progress=false"])
-    rendered = update_docs.render_main_job(train(config))
+    main_job = REPO / "configs" / "testbed" / "intuitor.yaml"
+    stopped = train(load_config(main_job, [f"run.output_dir={tmp_path / 'main'}", "run.progress=false"]))
+    full = train(load_config(main_job, [f"run.output_dir={tmp_path / 'full'}", "run.progress=false", "run.stop_rule=none"]))
+    rendered = update_docs.render_main_job(stopped, full)
     for path, text in rendered.items():
         assert path.read_text() == text, f"{path.name}: the main job's figures are stale: run the main job, then " \
-                                         "python scripts/update_docs.py --main-job runs/testbed-intuitor"
+                                         "python scripts/update_docs.py --main-job runs/testbed-intuitor runs/testbed-intuitor-full"

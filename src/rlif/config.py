@@ -269,8 +269,13 @@ class RunConfig:
     """Experiment trackers (accelerate's), a list or one name: tensorboard, wandb, mlflow, trackio, comet_ml, aim, clearml, dvclive, swanlab; all (every installed one); none. They get the flattened config, each step's metrics and the samples; metrics.jsonl is always written (docs/trackers.md)."""
     progress: bool = True
     """Show progress bars."""
+    stop_rule: Literal["none", "agreement_early_stop", "agreement_within_kl"] = "none"
+    """Label-free early stopping, decided at each evaluation from the held-out prompts' sampled answers (their labels unused; rlif.runs.checkpoint_choice): agreement_early_stop stops when the answers' agreement falls and keeps the evaluation before; agreement_within_kl stops when the KL to the initial model exceeds run.stop_kl_budget and keeps the most self-consistent evaluation within it. The kept checkpoint is written to chosen_checkpoint.json and never deleted. Needs eval.path and eval.num_samples >= 2."""
+    stop_kl_budget: float = 0.05
+    """For stop_rule agreement_within_kl: the KL to the initial model (nats per token, sampled held-out answers) above which the run stops."""
 
     def validate(self) -> None:
+        _require(self.stop_kl_budget > 0, "run.stop_kl_budget", self.stop_kl_budget, "a positive number")
         for name in ("save_every", "keep_checkpoints", "sample_every"):
             _require(getattr(self, name) >= 1, f"run.{name}", getattr(self, name), "a positive integer")
         _require(self.num_samples >= 0, "run.num_samples", self.num_samples, "a non-negative integer")
@@ -300,6 +305,9 @@ class Config:
     def validate(self) -> "Config":
         for section in dataclasses.fields(self):
             getattr(self, section.name).validate()
+        if self.run.stop_rule != "none":
+            _require(self.eval.path is not None and self.eval.num_samples >= 2, "run.stop_rule", self.run.stop_rule,
+                     "none, or held-out evaluation with sampled answers: eval.path and eval.num_samples >= 2")
         longest = self.data.max_prompt_tokens + self.rollout.max_new_tokens
         for name in ("micro_batch_tokens", "score_batch_tokens"):
             budget = getattr(self.train, name)

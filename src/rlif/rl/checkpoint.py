@@ -47,8 +47,10 @@ def latest_checkpoint(run_dir: str | Path) -> tuple[int, Path] | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def save_checkpoint(run_dir, step: int, model, tokenizer, state: dict, keep: int, state_dict=None, lora_merged: bool = True) -> Path:
-    """Write checkpoint `step` atomically and delete all but the `keep` newest complete ones.
+def save_checkpoint(run_dir, step: int, model, tokenizer, state: dict, keep: int, state_dict=None, lora_merged: bool = True,
+                    protect: frozenset[int] = frozenset()) -> Path:
+    """Write checkpoint `step` atomically and delete all but the `keep` newest complete ones (and the steps in `protect`:
+    the checkpoint a stop rule chose).
 
     `state_dict`: the model's full weights when they are not the live module's own (gathered from FSDP
     shards). A peft (LoRA) model is saved by `rlif.lora.save_lora`: adapter/, plus merged weights when `lora_merged`.
@@ -71,8 +73,9 @@ def save_checkpoint(run_dir, step: int, model, tokenizer, state: dict, keep: int
         shutil.rmtree(final)
     os.replace(staging, final)
     fsync_dir(root)
-    for _, old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    for old_step, old in list_checkpoints(run_dir)[:-keep]:
+        if old_step not in protect:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

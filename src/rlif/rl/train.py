@@ -19,8 +19,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib.util
+import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,6 +36,7 @@ from rlif.data.answers import get_answer_format
 from rlif.data.prompts import TrainingPrompts, prepare_prompts
 from rlif.errors import ConfigError
 from rlif.eval.generate import evaluate_in_training
+from rlif.files import write_text_atomic
 from rlif.models.load import eos_token_ids, load_model, load_tokenizer, resolve_model_path
 from rlif.models.lora import load_policy
 from rlif.rl.checkpoint import STATE_FILE, latest_checkpoint, remove_incomplete, rng_state, save_checkpoint, set_rng_state
@@ -51,11 +53,14 @@ from rlif.rl.reference import build_reference
 from rlif.rl.rewards import build_reward
 from rlif.rl.step import StepPrompts, TrainState, cached_casts, sample_records, sync_engine, train_step
 from rlif.runs import trackers
+from rlif.runs.checkpoint_choice import StopDecision, eval_points, stop_decision
 from rlif.runs.log import RunLogger
 from rlif.runs.report import write_report
 from rlif.sampling.keys import seed_for
 from rlif.sampling.vllm_engine import VLLMEngine, check_head_dim, check_versions
 from rlif.signals.model import SignalModel
+
+CHOSEN_FILE = "chosen_checkpoint.json"  # what run.stop_rule keeps
 
 # Config fields that may differ between a run and its resumption: how it runs, not what it computes (the batching and
 # memory settings change only the order of float additions; a run that ran out of memory resumes with smaller ones).
@@ -159,6 +164,8 @@ class Run:
     eval_problems: TrainingPrompts | None  # held-out labeled problems, None without eval.path
     num_steps: int
     start_step: int  # the last step already done (0 for a new run)
+    evaluations: list[dict] = field(default_factory=list)  # the metrics of every evaluation so far (the stop rule reads them)
+    chosen_step: int | None = None  # the evaluation run.stop_rule keeps so far (its checkpoint is never deleted)
 
 
 def train(config: Config) -> Path:
@@ -171,19 +178,29 @@ def train(config: Config) -> Path:
     if run.prompts.dropped:
         logger.write(f"dropped {run.prompts.dropped} prompts longer than data.max_prompt_tokens={config.data.max_prompt_tokens}")
     if run.start_step == 0 and run.eval_problems is not None:
-        logger.log(0, evaluate(state, run.eval_problems, 0))
+        metrics = evaluate(state, run.eval_problems, 0)
+        logger.log(0, metrics)
+        apply_stop_rule(run, 0, metrics)  # step 0 (no training) is a candidate; it never stops the run
     for step in range(run.start_step + 1, run.num_steps + 1):
         result = train_step(state, step, step_prompts(state, run.prompts, step))
         metrics = result.metrics
-        if run.eval_problems is not None and ((config.eval.every and step % config.eval.every == 0) or step == run.num_steps):
+        evaluated = run.eval_problems is not None and ((config.eval.every and step % config.eval.every == 0) or step == run.num_steps)
+        if evaluated:
             metrics.update(evaluate(state, run.eval_problems, step))
         logger.log(step, metrics)
         if step == 1 or step % config.run.sample_every == 0:
             has_labels = config.data.label_field is not None
             records = gather_object(sample_records(result.rollout, result.rewards, config.run.num_samples, has_labels))
             logger.samples(step, records[: config.run.num_samples])  # every process's first groups, then cut
-        if step % config.run.save_every == 0 or step == run.num_steps:
-            save(state, step)
+        decision = apply_stop_rule(run, step, metrics) if evaluated else None
+        # with a stop rule every evaluated step is a candidate to keep, so it is checkpointed too
+        if step % config.run.save_every == 0 or step == run.num_steps or (decision is not None):
+            save(state, step, protect=frozenset({run.chosen_step}) - {None})
+        if decision is not None:
+            write_chosen(run, decision, stopped_at=step if decision.stop else None)
+            if decision.stop:
+                logger.write(f"step {step}: {config.run.stop_rule} stopped the run: {decision.reason}")
+                break
     logger.close()
     accelerator.end_training()
     if accelerator.is_main_process:
@@ -220,6 +237,11 @@ def set_up(config: Config) -> tuple[Path, Run | None]:
 
     resume_from = latest_checkpoint(run_dir) if config.run.resume else None
     start_step = resume_from[0] if resume_from else 0
+    stopped = stopped_by_rule(run_dir) if config.run.resume else None
+    if stopped is not None:
+        accelerator.print(f"{run_dir} was stopped at step {stopped['stopped_at']} by run.stop_rule {stopped['rule']} "
+                          f"(kept step {stopped['step']}: {stopped['checkpoint']})")
+        return run_dir, None
     if start_step >= num_steps:
         accelerator.print(f"{run_dir} is already complete ({start_step}/{num_steps} steps)")
         return run_dir, None
@@ -261,7 +283,18 @@ def set_up(config: Config) -> tuple[Path, Run | None]:
     if vllm:
         state.engine = build_engine(config, accelerator)
         sync_engine(state)  # a resumed run's (or LoRA's) weights are not the model folder's
-    return run_dir, Run(state, prompts, eval_problems, num_steps, start_step)
+    run = Run(state, prompts, eval_problems, num_steps, start_step)
+    for point in eval_points(jsonl.read_log(run_dir / "metrics.jsonl")) if resume_from else []:
+        if point["step"] <= start_step:  # (another process may not have cut the log back to the checkpoint yet)
+            apply_stop_rule(run, point["step"], point)  # the evaluations before the checkpoint, as the rule saw them
+    return run_dir, run
+
+
+def stopped_by_rule(run_dir: Path) -> dict | None:
+    """The record of a run that run.stop_rule stopped, or None."""
+    path = run_dir / CHOSEN_FILE
+    record = json.loads(path.read_text()) if path.is_file() else None
+    return record if record and record.get("stopped_at") is not None else None
 
 
 def uses_vllm(config: Config, accelerator) -> bool:
@@ -325,7 +358,31 @@ def evaluate(state: TrainState, problems: TrainingPrompts, step: int) -> dict[st
                                     state.config, state.run_dir, step, ref_scope)
 
 
-def save(state: TrainState, step: int) -> None:
+def apply_stop_rule(run: Run, step: int, metrics: dict) -> StopDecision | None:
+    """Record evaluation `step` and, with run.stop_rule set, decide from the label-free signals whether to stop and
+    which evaluation to keep (None without a rule)."""
+    run.evaluations.append({"step": step, **metrics})
+    rule = run.state.config.run.stop_rule
+    if rule == "none":
+        return None
+    decision = stop_decision(rule, run.evaluations, run.state.config.run.stop_kl_budget)
+    run.chosen_step = decision.chosen_step
+    return decision
+
+
+def write_chosen(run: Run, decision: StopDecision, stopped_at: int | None) -> None:
+    """RUN/chosen_checkpoint.json: the evaluation the stop rule keeps, its checkpoint (step 0: the initial model)."""
+    state = run.state
+    if not state.accelerator.is_main_process:
+        return
+    chosen = decision.chosen_step
+    path = str(state.run_dir / "checkpoints" / f"step_{chosen:06d}") if chosen else state.config.model.path
+    record = {"rule": state.config.run.stop_rule, "step": chosen, "checkpoint": path, "stopped_at": stopped_at,
+              "reason": decision.reason}
+    write_text_atomic(state.run_dir / CHOSEN_FILE, json.dumps(record, indent=2) + "\n")
+
+
+def save(state: TrainState, step: int, protect: frozenset[int] = frozenset()) -> None:
     """Checkpoint `step`: full weights, optimizer state keyed by parameter name, schedule, every process's RNG."""
     accelerator, signal_model, config = state.accelerator, state.signal_model, state.config
     rng = gather_object([rng_state()])  # one entry per process
@@ -335,7 +392,7 @@ def save(state: TrainState, step: int) -> None:
         trainer_state = {"step": step, "optimizer": optimizer_state, "scheduler": state.scheduler.state_dict(), "rng": rng}
         model = accelerator.unwrap_model(signal_model).model
         save_checkpoint(state.run_dir, step, model, state.tokenizer, trainer_state, config.run.keep_checkpoints,
-                        state_dict=weights, lora_merged=config.lora.save_merged)
+                        state_dict=weights, lora_merged=config.lora.save_merged, protect=protect)
     accelerator.wait_for_everyone()
 
 

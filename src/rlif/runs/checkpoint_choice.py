@@ -25,6 +25,7 @@ evaluation minus the greedy accuracy at the rule's pick.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 from rlif.metrics import GREEDY_ACCURACY as ACCURACY
@@ -107,3 +108,44 @@ def choose(points: list[dict]) -> dict[str, dict]:
             continue
         choices[name] = {"step": step, "accuracy": accuracy[step], "gap": pick_gap(points, step)}
     return choices
+
+
+# ---------------------------------------------------------------------------------------------
+# Stopping a run (run.stop_rule): the online rules, from the label-free signals alone
+
+STOP_RULES = ("agreement_early_stop", "agreement_within_kl")
+LABEL_FREE = (AGREEMENT, SELF_CERTAINTY, KL_REF)
+
+
+@dataclass(frozen=True)
+class StopDecision:
+    stop: bool  # stop the run after this evaluation
+    chosen_step: int  # the evaluation step to keep (0: the model before training)
+    reason: str  # for people: why
+
+
+def label_free(point: dict) -> dict:
+    """An evaluation's step and label-free signals only: what a stop rule may read."""
+    return {"step": point["step"], **{key: point[key] for key in LABEL_FREE if key in point}}
+
+
+def stop_decision(rule: str, points: list[dict], kl_budget: float = DEFAULT_KL_BUDGET) -> StopDecision:
+    """After the latest evaluation of `points` (every evaluation so far, in step order), whether `rule` stops the run
+    and which evaluation it keeps. Only the label-free signals are read (`label_free`)."""
+    points = [label_free(p) for p in points]
+    now = points[-1]
+    if rule == "agreement_early_stop":
+        chosen = agreement_early_stop(points)
+        if chosen != now["step"]:
+            before = next(p for p in points if p["step"] == chosen)
+            return StopDecision(True, chosen, f"agreement fell from {before[AGREEMENT]:.3f} (step {chosen}) to "
+                                              f"{points[points.index(before) + 1][AGREEMENT]:.3f}; keeping step {chosen}")
+        return StopDecision(False, chosen, f"agreement has not fallen (step {chosen}: {now[AGREEMENT]:.3f})")
+    if rule == "agreement_within_kl":
+        chosen = agreement_within_kl(points, kl_budget)
+        if now["step"] != points[0]["step"] and now.get(KL_REF, float("inf")) > kl_budget:
+            return StopDecision(True, chosen, f"KL to the initial model {now.get(KL_REF, float('nan')):.3f} > budget "
+                                              f"{kl_budget:g} at step {now['step']}; keeping the most self-consistent "
+                                              f"evaluation within it, step {chosen}")
+        return StopDecision(False, chosen, f"within the KL budget {kl_budget:g}; most self-consistent so far: step {chosen}")
+    raise ValueError(f"unknown stop rule {rule!r}: expected one of {', '.join(STOP_RULES)}")

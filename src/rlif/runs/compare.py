@@ -31,7 +31,7 @@ from rlif.config import Config, config_from_dict
 from rlif.data import jsonl
 from rlif.errors import ConfigError
 from rlif.rl.checkpoint import latest_checkpoint
-from rlif.rl.train import train
+from rlif.rl.train import stopped_by_rule, train
 from rlif.runs.checkpoint_choice import RULES, choose, eval_points
 from rlif.runs.plots import plot_comparison
 
@@ -114,8 +114,10 @@ def load_comparison(path: str | Path, overrides: list[str] = ()) -> Comparison:
 
 
 def is_complete(run_dir: Path, steps: int) -> bool:
+    """Trained to the budget (or stopped by run.stop_rule), with its report written."""
     latest = latest_checkpoint(run_dir)
-    return latest is not None and latest[0] >= steps and (run_dir / "report.md").exists()
+    finished = stopped_by_rule(run_dir) is not None or (latest is not None and latest[0] >= steps)
+    return finished and (run_dir / "report.md").exists()
 
 
 def run_comparison(comparison: Comparison, only: list[str] | None = None, progress: bool = True) -> Path:

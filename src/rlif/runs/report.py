@@ -12,6 +12,7 @@ Reads what `rlif train` wrote (config.yaml, metrics.jsonl, eval/step_N.jsonl) an
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -81,6 +82,7 @@ def write_report(run_dir: str | Path) -> Path:
         lines += ["No held-out evaluation in this run (set eval.path to get before/after numbers).", ""]
     else:
         lines += _before_after(points, features(points))
+        lines += _stop_rule(run_dir, points)
         lines += _checkpoint_choice(points)
     if plots:
         lines += ["## Curves", ""] + [f"![{path.stem}](plots/{path.name})\n" for path in plots]
@@ -152,6 +154,25 @@ def _before_after(points: list[dict], feature_names: list[str]) -> list[str]:
                 name = f"share of answers given {m.feature_words(field)}"
             lines.append(f"| {decoding}: {name} | " + " | ".join(_number(p.get(key)) for _, p in columns) + " |")
     return lines + [""]
+
+
+def _stop_rule(run_dir: Path, points: list[dict]) -> list[str]:
+    """What run.stop_rule kept (RUN/chosen_checkpoint.json), with the labels' verdict on it."""
+    path = run_dir / "chosen_checkpoint.json"
+    if not path.is_file():
+        return []
+    chosen = json.loads(path.read_text())
+    accuracy = {p["step"]: p.get(m.GREEDY_ACCURACY) for p in points}
+    best = labeled_best(points)
+    stopped = f"stopped the run at step {chosen['stopped_at']}" if chosen.get("stopped_at") is not None else "did not stop the run"
+    return [
+        "## What a user keeps (label-free stop rule)", "",
+        f"`run.stop_rule: {chosen['rule']}` {stopped} and keeps **step {chosen['step']}** (`{chosen['checkpoint']}`): "
+        f"{chosen['reason']}.", "",
+        f"Greedy accuracy there: {_number(accuracy.get(chosen['step']))}; the labeled best is step {best} "
+        f"({_number(accuracy.get(best))}), the last evaluation step {points[-1]['step']} ({_number(points[-1].get(m.GREEDY_ACCURACY))}). "
+        "The rule read no label; the accuracies are the labels' verdict on its choice.", "",
+    ]
 
 
 def _checkpoint_choice(points: list[dict]) -> list[str]:

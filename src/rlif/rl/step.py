@@ -350,30 +350,30 @@ def rollout_metrics(accelerator, rollout: Rollout, rewards: torch.Tensor, has_la
         per_response["mismatch_mean"], per_response["mismatch_max"] = masked_mean(gap, mask), gap.max(-1).values
     gathered = {k: accelerator.gather(v.float().to(accelerator.device)).cpu() for k, v in per_response.items()}
     metrics = {
-        "reward/mean": gathered["reward"].mean().item(),
-        "reward/std": gathered["reward"].std().item(),
-        "signals/self_certainty": gathered["self_certainty"].mean().item(),
-        "signals/entropy": gathered["entropy"].mean().item(),
-        "signals/logprob": gathered["logprob"].mean().item(),
-        "rollout/len_mean": gathered["length"].mean().item(),
-        "rollout/len_max": gathered["length"].max().item(),
-        "rollout/truncated": gathered["truncated"].mean().item(),
+        m.REWARD_MEAN: gathered["reward"].mean().item(),
+        m.REWARD_STD: gathered["reward"].std().item(),
+        m.SELF_CERTAINTY: gathered["self_certainty"].mean().item(),
+        m.ENTROPY: gathered["entropy"].mean().item(),
+        m.LOGPROB: gathered["logprob"].mean().item(),
+        m.LEN_MEAN: gathered["length"].mean().item(),
+        m.LEN_MAX: gathered["length"].max().item(),
+        m.TRUNCATED: gathered["truncated"].mean().item(),
         "rollout/tokens": gathered["length"].sum().item(),
     }
     if "kl" in gathered:
-        metrics["signals/kl_ref"] = gathered["kl"].mean().item()
+        metrics[m.KL_REF] = gathered["kl"].mean().item()
     if "mismatch_mean" in gathered:
         metrics[m.LOGPROB_MISMATCH_MEAN] = gathered["mismatch_mean"].mean().item()
         metrics[m.LOGPROB_MISMATCH_MAX] = gathered["mismatch_max"].max().item()
     if "ref_self_certainty" in gathered:
-        metrics["signals/ref_self_certainty"] = gathered["ref_self_certainty"].mean().item()
+        metrics[m.REF_SELF_CERTAINTY] = gathered["ref_self_certainty"].mean().item()
     # Label-free: the share of each group giving its most common answer.
     group_agreement = torch.tensor(
         [agreement(rollout.answers[i : i + rollout.group_size], rollout.answer_format.equivalent) for i in range(0, len(rollout.answers), rollout.group_size)]
     )
-    metrics["rollout/agreement"] = accelerator.gather(group_agreement.float().to(accelerator.device)).mean().item()
+    metrics[m.ROLLOUT_AGREEMENT] = accelerator.gather(group_agreement.float().to(accelerator.device)).mean().item()
     if has_labels:
-        metrics["rollout/accuracy"] = gathered["correct"].mean().item()
+        metrics[m.ROLLOUT_ACCURACY] = gathered["correct"].mean().item()
     return metrics
 
 

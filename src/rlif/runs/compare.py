@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from rlif import metrics as m
 from rlif.config import Config, config_from_dict
 from rlif.data import jsonl
 from rlif.errors import ConfigError
@@ -147,15 +148,15 @@ def run_comparison(comparison: Comparison, only: list[str] | None = None, progre
 
 # Table columns: (label, metric key, at which evaluation). "best" is the best evaluation after step 0.
 COLUMNS = [
-    ("greedy acc. (best)", "eval/greedy/accuracy", "best"),
-    ("greedy acc. (last)", "eval/greedy/accuracy", "last"),
-    ("sampled acc. (best)", "eval/sampled/accuracy", "best"),
-    ("sampled acc. (last)", "eval/sampled/accuracy", "last"),
-    ("step-by-step (greedy, last)", "eval/greedy/step_by_step", "last"),
-    ("length (sampled, last)", "eval/sampled/len_mean", "last"),
-    ("self-certainty (sampled, last)", "eval/sampled/self_certainty", "last"),
-    ("SC AUROC (sampled, last)", "eval/sampled/sc_auroc", "last"),
-    ("KL to initial (sampled, last)", "eval/sampled/kl_ref", "last"),
+    ("greedy acc. (best)", m.eval_key("greedy", "accuracy"), "best"),
+    ("greedy acc. (last)", m.eval_key("greedy", "accuracy"), "last"),
+    ("sampled acc. (best)", m.eval_key("sampled", "accuracy"), "best"),
+    ("sampled acc. (last)", m.eval_key("sampled", "accuracy"), "last"),
+    ("step-by-step (greedy, last)", m.eval_key("greedy", "step_by_step"), "last"),
+    ("length (sampled, last)", m.eval_key("sampled", "len_mean"), "last"),
+    ("self-certainty (sampled, last)", m.eval_key("sampled", "self_certainty"), "last"),
+    ("SC AUROC (sampled, last)", m.eval_key("sampled", "sc_auroc"), "last"),
+    ("KL to initial (sampled, last)", m.eval_key("sampled", "kl_ref"), "last"),
 ]
 
 
@@ -168,12 +169,12 @@ def column_value(points: list[dict], key: str, at: str) -> float | None:
 
 
 CURVES = [  # (metric, panel title, y-axis label)
-    ("eval/greedy/accuracy", "held-out accuracy (greedy answers)", "share correct"),
-    ("eval/sampled/accuracy", "held-out accuracy (sampled answers)", "share correct"),
-    ("eval/greedy/step_by_step", "greedy answers given step by step", "share of answers"),
-    ("eval/sampled/len_mean", "response length (sampled answers)", "tokens"),
-    ("eval/sampled/self_certainty", "self-certainty (sampled answers)", "nats per token"),
-    ("eval/sampled/kl_ref", "KL to the initial model (sampled answers)", "nats per token"),
+    (m.eval_key("greedy", "accuracy"), "held-out accuracy (greedy answers)", "share correct"),
+    (m.eval_key("sampled", "accuracy"), "held-out accuracy (sampled answers)", "share correct"),
+    (m.eval_key("greedy", "step_by_step"), "greedy answers given step by step", "share of answers"),
+    (m.eval_key("sampled", "len_mean"), "response length (sampled answers)", "tokens"),
+    (m.eval_key("sampled", "self_certainty"), "self-certainty (sampled answers)", "nats per token"),
+    (m.eval_key("sampled", "kl_ref"), "KL to the initial model (sampled answers)", "nats per token"),
 ]
 
 

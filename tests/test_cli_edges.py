@@ -85,8 +85,8 @@ def test_help_does_not_import_torch():
 def test_the_progress_bar_counts_optimizer_steps(tmp_path):
     from rlif.runs.log import RunLogger
 
-    accelerator = SimpleNamespace(is_main_process=True)
-    logger = RunLogger(tmp_path, accelerator, total_steps=3, start_step=0, progress=True, tracker="none")
+    accelerator = SimpleNamespace(is_main_process=True, trackers=[])  # no tracker started
+    logger = RunLogger(tmp_path, accelerator, total_steps=3, start_step=0, progress=True)
     logger.log(0, {"eval/greedy/accuracy": 0.5})  # the evaluation before training
     assert logger.bar.n == 0
     for step in (1, 2, 3):

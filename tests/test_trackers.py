@@ -28,7 +28,7 @@ from rlif.runs.trackers import TRACKERS, flatten_config, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/testbed/intuitor.yaml"
-TINY = [CONFIG, "train.steps=2", "eval.limit=8", "eval.every=1", "eval.num_samples=0", "run.progress=false",
+TINY = [CONFIG, "train.steps=2", "eval.limit=8", "eval.every=1", "eval.num_samples=0", "run.stop_rule=none", "run.progress=false",
         "run.sample_every=1", "run.num_samples=2"]
 LOCAL = ("tensorboard", "wandb", "mlflow", "trackio")  # the trackers that log without a server
 

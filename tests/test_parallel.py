@@ -21,7 +21,7 @@ from conftest import ALPHABET, write_addition_data
 
 from rlif.config import load_config
 from rlif.data.jsonl import read_log as read_jsonl
-from rlif.rl.checkpoint import latest_checkpoint
+from rlif.rl.checkpoint import latest_checkpoint, read_trainer_state
 from rlif.rl.train import train
 from rlif.testbed.tiny import char_tokenizer, tiny_causal_lm
 
@@ -137,7 +137,7 @@ def test_fsdp2_two_processes_match_one_process(setup):
     assert_same_metrics(expected, fsdp)
     assert_same_samples(single, run_dir)
     assert_same_weights(single, run_dir, STEPS)
-    state = torch.load(run_dir / "checkpoints" / f"step_{STEPS:06d}" / "trainer_state.pt", weights_only=False)
+    state = read_trainer_state(run_dir / "checkpoints" / f"step_{STEPS:06d}")
     assert len(state["rng"]) == 2 and all(name.startswith("model.") for name in state["optimizer"]["state"])
     # resume on 2 FSDP2 processes (process 0's full optimizer state is broadcast and sharded; micro-batches of 3 rows
     # again), then on 1 process

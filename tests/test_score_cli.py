@@ -57,4 +57,4 @@ def test_score_bad_rows(tmp_path, tiny_model_dir, capsys):
     input_path = tmp_path / "in.jsonl"
     input_path.write_text(json.dumps({"prompt": "1+1="}) + "\n")
     assert main(["score", "--model", str(tiny_model_dir), "--input", str(input_path), "--output", str(tmp_path / "o.jsonl")]) == 2
-    assert f"{input_path}:1: field 'response' must be a string" in capsys.readouterr().err
+    assert f"{input_path}:1: missing field 'response' (fields: prompt)" in capsys.readouterr().err

@@ -185,18 +185,18 @@ def test_kill_during_checkpoint_save_keeps_the_previous_one(tmp_path, tiny_model
     train(load_config(config_path))
     expected = comparable(read_jsonl(tmp_path / "run" / "metrics.jsonl"))
 
-    real_save = torch.save
+    real_save = rlif.rl.checkpoint.write_trainer_state
 
-    def save_then_die(obj, path, *args, **kwargs):
-        real_save(obj, path, *args, **kwargs)
-        if "step_000004" in str(path):
+    def save_then_die(folder, state):
+        real_save(folder, state)
+        if "step_000004" in str(folder):
             raise KeyboardInterrupt("killed while saving step 4")
 
     config_path = tiny_config(tmp_path, tiny_model_dir, addition_data, name="crashed")
-    monkeypatch.setattr(rlif.rl.checkpoint.torch, "save", save_then_die)
+    monkeypatch.setattr(rlif.rl.checkpoint, "write_trainer_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(load_config(config_path))
-    monkeypatch.setattr(rlif.rl.checkpoint.torch, "save", real_save)
+    monkeypatch.setattr(rlif.rl.checkpoint, "write_trainer_state", real_save)
     run = tmp_path / "crashed"
     assert latest_checkpoint(run)[0] == 2  # the half-written step 4 is not a checkpoint
     assert (run / "checkpoints" / ".incomplete-step_000004").exists()
@@ -241,7 +241,7 @@ def test_bad_config_and_bad_data_fail_before_any_work(tmp_path, tiny_model_dir, 
     assert not (tmp_path / "run").exists()  # nothing was started
 
     assert main(["train", str(config_path), "model.path=/nonexistent/model"]) == 2
-    assert "could not load a tokenizer from '/nonexistent/model'" in capsys.readouterr().err
+    assert "model folder /nonexistent/model does not exist" in capsys.readouterr().err
 
     assert main(["train", str(config_path), "reward.name=correctness", "data.label_field=null"]) == 2
     assert "needs labels, but data.label_field is null" in capsys.readouterr().err

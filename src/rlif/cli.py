@@ -85,6 +85,7 @@ def cmd_eval(args) -> None:
         prompt_field=args.prompt_field,
         label_field=args.label_field,
         answer_format=args.answer_format,
+        label_format=args.label_format,
         prompt_template=args.prompt_template,
         system_prompt=args.system_prompt,
         chat_template=args.chat_template,
@@ -228,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--prompt-field", default=None, help="problem field of a benchmark file (default prompt)")
     evaluate.add_argument("--label-field", default=None, help="answer field of a benchmark file (default answer)")
     evaluate.add_argument("--answer-format", default=None, help="answer format of a benchmark file (default math)")
+    evaluate.add_argument("--label-format", default=None, choices=["as_is", "gsm8k"],
+                          help="how the reference is read from the label field: as_is, or gsm8k (the text after ####) (default: the run's data.label_format, else as_is)")
     evaluate.add_argument("--prompt-template", default=None, help="user message template with {prompt} (default: the run's, else {prompt})")
     evaluate.add_argument("--system-prompt", default=None, help="system message (default: the run's, else rlif's \\boxed{} instruction; '' for none)")
     evaluate.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None, help="use the tokenizer's chat template (default: the run's, else when it has one)")

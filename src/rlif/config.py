@@ -12,6 +12,8 @@ import dataclasses
 import difflib
 import importlib.util
 import inspect
+import math
+import re
 import textwrap
 import types
 import typing
@@ -23,6 +25,7 @@ import torch
 import yaml
 
 from rlif.data.answers import get_answer_format
+from rlif.data.prompts import LABEL_FORMATS
 from rlif.errors import ConfigError
 from rlif.files import write_text_atomic
 from rlif.rl.rewards import build_reward
@@ -76,12 +79,16 @@ class DataConfig:
     """Prompts longer than this (in tokens, after templating) are dropped at start-up, and the count is printed."""
     answer_format: str = "math"
     """How final answers are extracted from responses and compared with labels (`rlif.answers`; or package.module:attribute)."""
+    label_format: Literal["as_is", "gsm8k"] = "as_is"
+    """How the reference answer is read from the label field: as_is (the whole field), or gsm8k (the text after the last `####`: GSM8K's answer field is a worked solution ending in `#### 72`, and `rlif eval --benchmark gsm8k` reads it the same way). A math run whose labels look like worked solutions gets a warning at start-up."""
 
     def validate(self) -> None:
         try:
             get_answer_format(self.answer_format)
         except (KeyError, ImportError, AttributeError, TypeError) as error:
-            raise ConfigError(f"config field data.answer_format = {self.answer_format!r}: {error.args[0] if error.args else error}") from None
+            raise ConfigError(f"config field data.answer_format = {self.answer_format!r}: {error.args[0] if error.args else error}",
+                              field="data.answer_format") from None
+        _require(self.label_format in LABEL_FORMATS, "data.label_format", self.label_format, f"one of {', '.join(LABEL_FORMATS)}")
         _require(bool(self.path), "data.path", self.path, "a .jsonl or .parquet file")
         _require(Path(self.path).suffix in (".jsonl", ".parquet"), "data.path", self.path, "a file ending in .jsonl or .parquet")
         _require("{prompt}" in self.prompt_template, "data.prompt_template", self.prompt_template, "a format string containing {prompt}")
@@ -174,7 +181,9 @@ class TrainConfig:
             _require(getattr(self, name) >= 0, f"train.{name}", getattr(self, name), "0 (off) or a positive integer")
         _require(self.steps >= 0, "train.steps", self.steps, "0 (use epochs) or a positive integer")
         _require(self.epochs > 0, "train.epochs", self.epochs, "a positive number")
-        _require(self.lr > 0, "train.lr", self.lr, "a positive number")
+        # AdamW moves each weight by about lr per step: above 1 a run diverges at once (and near float32's range the
+        # optimizer's step size overflows)
+        _require(0 < self.lr <= 1, "train.lr", self.lr, "a positive number up to 1")
         _require(0 <= self.warmup_ratio < 1, "train.warmup_ratio", self.warmup_ratio, "a number in [0, 1)")
         _require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "a non-negative number")
         betas_ok = len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas)
@@ -223,7 +232,7 @@ class RewardConfig:
         except (KeyError, ImportError, AttributeError) as error:
             field_name = "reward.weights" if self.weights and self.name == "weighted" else "reward.name"
             value = self.weights if field_name == "reward.weights" else self.name
-            raise ConfigError(f"config field {field_name} = {value!r}: {error.args[0] if error.args else error}") from None
+            raise ConfigError(f"config field {field_name} = {value!r}: {error.args[0] if error.args else error}", field=field_name) from None
 
 
 @dataclass
@@ -325,45 +334,123 @@ class Config:
 
 def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
     if not ok:
-        raise ConfigError(f"config field {name} = {value!r}: expected {allowed}")
+        raise ConfigError(f"config field {name} = {value!r}: expected {allowed}", field=name)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Config from a YAML file (optional) plus `section.field=value` overrides, validated."""
+    """Config from a YAML file (optional) plus `section.field=value` overrides, validated.
+
+    An error about a value that came from the file names the file and the line (FILE:LINE: config field ...)."""
     raw: dict[str, Any] = {}
+    lines: dict[tuple, int] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a directory; expected a YAML file")
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+        raw, lines = read_yaml(path)
+        raw = raw or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(raw).__name__}")
-    return config_from_dict(raw, overrides, source=str(path) if path else "config")
+    return config_from_dict(raw, overrides, source=str(path) if path else "config", lines=lines)
 
 
-def config_from_dict(raw: dict[str, Any], overrides=(), source: str = "config") -> Config:
-    values: dict[str, dict[str, Any]] = {}
-    sections = {f.name: f for f in dataclasses.fields(Config)}
-    for section_name, section_values in raw.items():
-        _check_known(section_name, sections, source)
-        if not isinstance(section_values, dict):
-            raise ConfigError(f"{source}: section {section_name!r} must be a mapping, got {section_values!r}")
-        values.setdefault(section_name, {}).update(section_values)
-    for override in overrides:
-        key, sep, text = override.partition("=")
-        section_name, dot, field_name = key.strip().partition(".")
-        if not sep or not dot:
-            raise ConfigError(f"override {override!r}: expected section.field=value, e.g. train.lr=1e-5")
-        _check_known(section_name, sections, "override")
-        values.setdefault(section_name, {})[field_name] = _OverrideText(text)
-    config = Config()
-    for section_name, section_values in values.items():
-        section_cls = type(getattr(config, section_name))
-        setattr(config, section_name, _build_section(section_cls, section_name, section_values))
-    return config.validate()
+def read_yaml(path: str | Path) -> tuple[Any, dict[tuple, int]]:
+    """(data, line of each mapping key by its path of keys) of a YAML file, read with yaml's SafeLoader.
+
+    Refused with ConfigError naming the file and the line: text that is not UTF-8, invalid YAML, and a key given
+    twice in one mapping (YAML would keep the last one silently)."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ConfigError(f"config file {path}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x} at byte offset "
+                          f"{error.start}); save the file as UTF-8") from None
+    loader = yaml.SafeLoader(text)
+    lines: dict[tuple, int] = {}
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, lines
+        _key_lines(node, (), lines, path)
+        return loader.construct_document(node), lines
+    except yaml.YAMLError as error:  # the line where the construct began (an unclosed bracket), then the problem's
+        context, problem = getattr(error, "context_mark", None), getattr(error, "problem_mark", None)
+        mark = context or problem
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        what = getattr(error, "problem", None) or str(error)
+        if context is not None and problem is not None:
+            what = f"{error.context}: {what} at line {problem.line + 1}"
+        raise ConfigError(f"config file {where}: not valid YAML ({what})") from None
+    finally:
+        loader.dispose()
+
+
+def _key_lines(node, keys: tuple, lines: dict[tuple, int], path: Path) -> None:
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _key_lines(item, keys, lines, path)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
+            continue
+        key, line = (*keys, key_node.value), key_node.start_mark.line + 1
+        if key in lines:
+            raise ConfigError(f"config file {path}:{line}: duplicate key {'.'.join(key)!r} (first at line {lines[key]}); "
+                              "YAML would keep only the last one: delete one of them")
+        lines[key] = line
+        _key_lines(value_node, key, lines, path)
+
+
+def config_from_dict(raw: dict[str, Any], overrides=(), source: str = "config", lines: dict[tuple, int] | None = None) -> Config:
+    """Config from a mapping of sections (e.g. a YAML file's; `lines`: the line of each key there) plus overrides."""
+    lines = lines or {}
+    overridden: set[str] = set()
+    try:
+        values: dict[str, dict[str, Any]] = {}
+        sections = {f.name: f for f in dataclasses.fields(Config)}
+        for section_name, section_values in raw.items():
+            _check_known(section_name, sections, _located(source, lines.get((section_name,))))
+            if not isinstance(section_values, dict):
+                raise ConfigError(f"{_located(source, lines.get((section_name,)))}: section {section_name!r} must be a mapping, "
+                                  f"got {section_values!r}")
+            values.setdefault(section_name, {}).update(section_values)
+        for override in overrides:
+            key, sep, text = override.partition("=")
+            section_name, dot, field_name = key.strip().partition(".")
+            if not sep or not dot:
+                raise ConfigError(f"override {override!r}: expected section.field=value, e.g. train.lr=1e-5")
+            _check_known(section_name, sections, "override")
+            values.setdefault(section_name, {})[field_name] = _OverrideText(text)
+            overridden.add(f"{section_name}.{field_name}")
+        config = Config()
+        for section_name, section_values in values.items():
+            section_cls = type(getattr(config, section_name))
+            setattr(config, section_name, _build_section(section_cls, section_name, section_values, source, lines))
+        return config.validate()
+    except ConfigError as error:
+        from_file = error.field and not any(error.field == o or error.field.startswith((o + ".", o + "[")) for o in overridden)
+        line = _field_line(error.field, lines) if from_file else None
+        if line is None:
+            raise
+        raise ConfigError(f"{source}:{line}: {error}", field=error.field) from None
+
+
+def _located(source: str, line: int | None) -> str:
+    return f"{source}:{line}" if line else source
+
+
+def _field_line(field_name: str, lines: dict[tuple, int]) -> int | None:
+    """The line of a field ("train.adam_betas[1]", "reward.weights.x") in the file: of its deepest key there."""
+    keys = tuple(re.sub(r"\[\d+\]", "", field_name).split("."))
+    for depth in range(len(keys), 1, -1):
+        if keys[:depth] in lines:
+            return lines[keys[:depth]]
+    return None
 
 
 class _OverrideText(str):
@@ -377,13 +464,18 @@ def _check_known(name: str, known: dict, where: str, prefix: str = "") -> None:
         raise ConfigError(f"{where}: unknown config key {prefix + name!r}{hint}")
 
 
-def _build_section(cls: type, section_name: str, values: dict[str, Any]):
+def _build_section(cls: type, section_name: str, values: dict[str, Any], source: str = "config", lines: dict | None = None):
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for name, value in values.items():
-        _check_known(name, fields, "config", prefix=f"{section_name}.")
-        kwargs[name] = _coerce(value, hints[name], f"{section_name}.{name}")
+        where = "override" if isinstance(value, _OverrideText) else _located(source, (lines or {}).get((section_name, name)))
+        _check_known(name, fields, where, prefix=f"{section_name}.")
+        try:
+            kwargs[name] = _coerce(value, hints[name], f"{section_name}.{name}")
+        except ConfigError as error:
+            error.field = error.field or f"{section_name}.{name}"
+            raise
     return cls(**kwargs)
 
 
@@ -418,9 +510,12 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"config field {name} = {value!r}: expected a number")
         try:
-            return float(value)  # YAML 1.1 reads 3e-6 as a string; float() accepts it
+            number = float(value)  # YAML 1.1 reads 3e-6 as a string; float() accepts it
         except (TypeError, ValueError):
             raise ConfigError(f"config field {name} = {value!r}: expected a number") from None
+        if not math.isfinite(number):  # inf or nan would pass every range check and fail steps later
+            raise ConfigError(f"config field {name} = {value!r}: expected a finite number")
+        return number
     if annotation is str:
         if isinstance(value, (dict, list)) or value is None:
             raise ConfigError(f"config field {name} = {value!r}: expected a string")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 
@@ -42,3 +43,16 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def remove_contents(folder: Path) -> None:
+    """Delete everything inside `folder` (kept itself) without following a symbolic link anywhere below it: a link
+    is unlinked, never descended into, so nothing outside `folder` is touched. Each entry is checked with lstat,
+    not with a test that follows links."""
+    for entry in os.scandir(folder):
+        mode = os.lstat(entry.path).st_mode
+        if stat.S_ISDIR(mode):
+            remove_contents(Path(entry.path))
+            os.rmdir(entry.path)
+        else:  # a file, a link (to a file or a folder), a socket...
+            os.unlink(entry.path)

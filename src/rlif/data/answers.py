@@ -6,7 +6,8 @@ Configs name one (`data.answer_format: math`); a task adds its own with `registe
 The "math" format (GSM8K, MATH, MATH-500, arithmetic tasks):
 - extract: the last \\boxed{...} (balanced braces), else the text after the last "####", else the text
   after the last "answer is", else the last number in the text. "18 dollars" after a marker is read as 18.
-- equivalent: two plain numbers ("1,234", "$18", "7.") compare numerically (relative 1e-6); otherwise
+- equivalent: two plain numbers ("1,234", "$18", "7.") compare exactly as the decimals written (1000001 is not
+  1000000, 13535.01 is not 13535; 0.5 is 0.50, as math-verify decides); otherwise
   equal normalized text is equal; otherwise Hugging Face `math-verify` decides (LaTeX parsed to SymPy:
   \\frac{1}{2} = 0.5, \\left( 3, \\frac{\\pi}{2} \\right) = (3, \\pi/2), 18\\% = 18, units in \\text{}
   dropped). When math-verify cannot parse one of the two, the answers are not equal.
@@ -24,6 +25,7 @@ import re
 import threading
 from collections import Counter
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Callable
 
 from math_verify import LatexExtractionConfig, parse, verify
@@ -70,8 +72,8 @@ def extract_answer(text: str) -> str | None:
     return numbers[-1] if numbers else None
 
 
-def parse_number(text: str) -> float | None:
-    """A plain number like '1,234', '-3.5', '$12', '40%' or '7.'; None for anything else."""
+def parse_decimal(text: str) -> Decimal | None:
+    """A plain number like '1,234', '-3.5', '$12', '40%' or '7.' as the exact decimal written; None for anything else."""
     cleaned = text.strip().strip("$").rstrip("%").rstrip(".").replace("\\!", "").strip()
     cleaned = re.sub(r"^\\\$|\\%$", "", cleaned).strip()
     if "," in cleaned:
@@ -79,7 +81,13 @@ def parse_number(text: str) -> float | None:
         if not _THOUSANDS.fullmatch(cleaned):
             return None
         cleaned = cleaned.replace(",", "")
-    return float(cleaned) if _PLAIN_NUMBER.fullmatch(cleaned) else None
+    return Decimal(cleaned) if _PLAIN_NUMBER.fullmatch(cleaned) else None
+
+
+def parse_number(text: str) -> float | None:
+    """`parse_decimal` as a float."""
+    value = parse_decimal(text)
+    return None if value is None else float(value)
 
 
 def normalize_text(text: str) -> str:
@@ -89,12 +97,14 @@ def normalize_text(text: str) -> str:
 
 
 def simple_match(predicted: str | None, reference: str | None) -> bool | None:
-    """The cheap checks: True/False when both are plain numbers, True for equal normalized text, else None (undecided)."""
+    """The cheap checks: True/False when both are plain numbers, True for equal normalized text, else None (undecided).
+
+    Plain numbers are equal when the decimals written are (no tolerance: a relative 1e-6 made 1000001 equal 1000000)."""
     if predicted is None or reference is None:
         return False
-    a, b = parse_number(predicted), parse_number(reference)
+    a, b = parse_decimal(predicted), parse_decimal(reference)
     if a is not None and b is not None:
-        return abs(a - b) <= 1e-6 * max(1.0, abs(b))
+        return a == b
     if normalize_text(predicted) == normalize_text(reference):
         return True
     return None

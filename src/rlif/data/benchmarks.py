@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from rlif.data.prompts import PromptRecord, load_prompts
+from rlif.data.prompts import LABEL_FORMATS, PromptRecord, gsm8k_reference, load_prompts
 from rlif.errors import DataError
 
 DATA_DIR = Path(__file__).parent / "benchmark_data"
@@ -31,19 +31,9 @@ class Benchmark:
 
     def load(self, limit: int = 0) -> list[PromptRecord]:
         """The first `limit` problems (0: all), validated, with their reference answers."""
-        problems = load_prompts(self.path, self.prompt_field, self.label_field)
-        if limit:
-            problems = problems[:limit]
-        if self.reference is None:
-            return problems
-        return [replace(problem, label=self.reference(problem.label)) for problem in problems]
-
-
-def gsm8k_reference(solution: str) -> str:
-    """GSM8K's answer field is a worked solution ending in '#### N': the reference is N."""
-    if "####" not in solution:
-        raise DataError(f"a GSM8K answer must end with '#### <number>', got {solution[-80:]!r}")
-    return solution.rsplit("####", 1)[1].strip()
+        problems = load_prompts(self.path, self.prompt_field, self.label_field, reference=self.reference,
+                                label_hint="name the answer field with --label-field")
+        return problems[:limit] if limit else problems
 
 
 BENCHMARKS: dict[str, Benchmark] = {}
@@ -62,14 +52,18 @@ register_benchmark(
 )
 
 
-def get_benchmark(name_or_path: str, *, prompt_field: str | None = None, label_field: str | None = None, answer_format: str | None = None) -> Benchmark:
+def get_benchmark(name_or_path: str, *, prompt_field: str | None = None, label_field: str | None = None, answer_format: str | None = None,
+                  label_format: str | None = None) -> Benchmark:
     """A registered benchmark by name, or a .jsonl/.parquet file (fields default to prompt/answer, format to math).
 
-    Field and format arguments override a registered benchmark's only when given.
+    Field and format arguments override a registered benchmark's only when given; `label_format` (a
+    `LABEL_FORMATS` name, as data.label_format) sets how the reference is read from the label field.
     """
     if name_or_path in BENCHMARKS:
         benchmark = BENCHMARKS[name_or_path]
     elif Path(name_or_path).suffix in (".jsonl", ".parquet"):
+        if Path(name_or_path).is_dir():
+            raise DataError(f"benchmark file {name_or_path} is a directory; expected a .jsonl or .parquet file")
         if not Path(name_or_path).is_file():
             raise DataError(f"benchmark file {name_or_path} does not exist")
         benchmark = Benchmark(Path(name_or_path).stem, Path(name_or_path), "prompt", "answer")
@@ -77,5 +71,8 @@ def get_benchmark(name_or_path: str, *, prompt_field: str | None = None, label_f
         raise DataError(
             f"unknown benchmark {name_or_path!r}: expected one of {', '.join(sorted(BENCHMARKS))} or a .jsonl/.parquet file"
         )
+    if label_format is not None and label_format not in LABEL_FORMATS:
+        raise DataError(f"label format {label_format!r}: expected one of {', '.join(LABEL_FORMATS)}")
     overrides = {"prompt_field": prompt_field, "label_field": label_field, "answer_format": answer_format}
-    return replace(benchmark, **{key: value for key, value in overrides.items() if value is not None})
+    benchmark = replace(benchmark, **{key: value for key, value in overrides.items() if value is not None})
+    return benchmark if label_format is None else replace(benchmark, reference=LABEL_FORMATS[label_format])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from rlif.data import jsonl
 from rlif.errors import DataError
@@ -42,8 +42,29 @@ def read_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     return [(f"{path}:{number}", record) for number, record in jsonl.read_objects(path)]
 
 
-def load_prompts(path: str | Path, prompt_field: str = "prompt", label_field: str | None = None) -> list[PromptRecord]:
-    """Validated prompts (and labels when `label_field` is given) of a JSONL or Parquet file."""
+def gsm8k_reference(solution: str) -> str:
+    """GSM8K's answer field is a worked solution ending in '#### N': the reference is N."""
+    if "####" not in solution:
+        raise DataError(f"a GSM8K answer must end with '#### <number>', got {solution[-80:]!r}")
+    return solution.rsplit("####", 1)[1].strip()
+
+
+# data.label_format: how the reference answer is read from the label field (None: the field as it is)
+LABEL_FORMATS: dict[str, Callable[[str], str] | None] = {"as_is": None, "gsm8k": gsm8k_reference}
+
+
+def load_prompts(
+    path: str | Path,
+    prompt_field: str = "prompt",
+    label_field: str | None = None,
+    *,
+    reference: Callable[[str], str] | None = None,
+    label_hint: str = "set data.label_field=null for unlabeled data",
+) -> list[PromptRecord]:
+    """Validated prompts (and labels when `label_field` is given) of a JSONL or Parquet file.
+
+    `reference` reads the reference answer from the label field (`LABEL_FORMATS`; None: as is); `label_hint` is
+    what a missing label field's message advises (the option that names the field where it is read)."""
     records = read_records(path)
     if not records:
         raise DataError(f"{path}: no records")
@@ -57,11 +78,16 @@ def load_prompts(path: str | Path, prompt_field: str = "prompt", label_field: st
         label = None
         if label_field is not None:
             if label_field not in record:
-                raise DataError(f"{where}: missing label field {label_field!r} (set data.label_field=null for unlabeled data)")
+                raise DataError(f"{where}: missing label field {label_field!r} (fields: {', '.join(sorted(record))}; {label_hint})")
             value = record[label_field]
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise DataError(f"{where}: label field {label_field!r} must be a string or a number, got {value!r:.80}")
             label = str(value)
+            if reference is not None:
+                try:
+                    label = reference(label)
+                except DataError as error:
+                    raise DataError(f"{where}: label field {label_field!r}: {error}") from None
         prompts.append(PromptRecord(prompt=prompt, label=label, source=where))
     return prompts
 
@@ -98,7 +124,7 @@ class TrainingPrompts:
 
 def prepare_prompts(data: DataConfig, tokenizer, path: str, limit: int = 0) -> TrainingPrompts:
     """Load, validate and render the prompts of `path` as the data section says; drop overlong ones."""
-    records = load_prompts(path, data.prompt_field, data.label_field)
+    records = load_prompts(path, data.prompt_field, data.label_field, reference=LABEL_FORMATS[data.label_format])
     if limit:
         records = records[:limit]
     kept, rendered = [], []
@@ -116,3 +142,24 @@ def prepare_prompts(data: DataConfig, tokenizer, path: str, limit: int = 0) -> T
     if not kept:
         raise DataError(f"{path}: every prompt is longer than data.max_prompt_tokens={data.max_prompt_tokens}")
     return TrainingPrompts(kept, rendered, len(records) - len(kept))
+
+
+def worked_solution_warning(records: list[PromptRecord], data: DataConfig) -> str | None:
+    """A warning when the labels of a math run look like worked solutions rather than final answers (the math
+    format compares a response's final answer with the whole label, so every response would be scored wrong);
+    None otherwise."""
+    labels = [r.label for r in records if r.label is not None]
+    if data.answer_format != "math" or data.label_format != "as_is" or not labels:
+        return None
+    where = f"{data.path} (field {data.label_field!r})"
+    marked = sum("####" in label for label in labels)
+    if marked * 2 >= len(labels):
+        return (f"{marked} of the {len(labels)} labels of {where} hold a worked solution ending in '#### <answer>' "
+                "(GSM8K's format); every response will be scored against the whole text. Set data.label_format=gsm8k "
+                "to compare with the answer after ####")
+    long = sum("\n" in label.strip() or len(label) > 100 for label in labels)
+    if long * 2 >= len(labels):
+        return (f"{long} of the {len(labels)} labels of {where} span several lines or over 100 characters: they look "
+                "like worked solutions, not final answers; the math answer format compares a response's final answer "
+                "with the whole label")
+    return None

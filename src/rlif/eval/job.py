@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from rlif.eval.generate import generate_records
 from rlif.eval.records import SELECTION_FIELDS, append_records, check_fields, load_finished
 from rlif.eval.summary import summarize_records
 from rlif.files import sha256, write_text_atomic
-from rlif.models.load import eos_token_ids, load_model, load_tokenizer
+from rlif.models.load import check_vocabulary, eos_token_ids, load_model, load_tokenizer
 from rlif.rl.checkpoint import find_run
 from rlif.runs.plots import plot_calibration
 from rlif.sampling import DECODE_MODES, DEFAULT_CPU_THREADS
@@ -80,6 +81,8 @@ class EvalSettings:
     """Field holding the reference answer (None: the benchmark's own; `answer` for a file)."""
     answer_format: str | None = None
     """How answers are extracted and compared, an `rlif.answers` format (None: the benchmark's own; `math` for a file)."""
+    label_format: str | None = None
+    """How the reference is read from the label field, as data.label_format: as_is or gsm8k (None: the benchmark's own; the run's for a file)."""
     prompt_template: str = DataConfig.prompt_template
     """Template of the user message; `{prompt}` is replaced by the problem text."""
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
@@ -155,10 +158,11 @@ def resolve_settings(model: str, benchmark: str | None, output_dir: str, *, conf
     if benchmark is None:
         raise EvalError("--benchmark is required (gsm8k, math500 or a .jsonl/.parquet file) unless the model's run has an eval.path")
     # A named benchmark brings its own fields and answer format; a file takes them from the run's data section.
-    fields = {key: given.get(key) for key in ("prompt_field", "label_field", "answer_format")}
+    fields = {key: given.get(key) for key in ("prompt_field", "label_field", "answer_format", "label_format")}
     if run_config is not None and is_benchmark_file(benchmark):
         data = run_config.data
-        for key, value in (("prompt_field", data.prompt_field), ("label_field", data.label_field), ("answer_format", data.answer_format)):
+        for key, value in (("prompt_field", data.prompt_field), ("label_field", data.label_field), ("answer_format", data.answer_format),
+                           ("label_format", data.label_format)):
             fields[key] = fields[key] if fields[key] is not None else value
     resolved = get_benchmark(benchmark, **fields)
     values = dict(from_run)  # a run's null (no system prompt) is a setting, not a gap
@@ -173,7 +177,8 @@ def resolve_settings(model: str, benchmark: str | None, output_dir: str, *, conf
         values[key] = value
     if overridden:
         print(f"note: overriding the run's settings: {', '.join(overridden)}", file=sys.stderr)
-    values.update(prompt_field=resolved.prompt_field, label_field=resolved.label_field, answer_format=resolved.answer_format)
+    values.update(prompt_field=resolved.prompt_field, label_field=resolved.label_field, answer_format=resolved.answer_format,
+                  label_format=fields["label_format"])
     settings = EvalSettings(model=model_path, benchmark=benchmark, output_dir=output_dir, run_dir=str(config or run_dir or "") or None)
     for key, value in values.items():
         setattr(settings, key, value)
@@ -189,13 +194,13 @@ def validate(settings: EvalSettings) -> None:
     checks = [
         (settings.limit >= 0, "--limit", settings.limit, "a non-negative integer"),
         (settings.num_samples >= 0, "--n", settings.num_samples, "a non-negative integer"),
-        (settings.temperature > 0, "--temperature", settings.temperature, "a positive number"),
+        (0 < settings.temperature < math.inf, "--temperature", settings.temperature, "a positive finite number"),
         (0 < settings.top_p <= 1, "--top-p", settings.top_p, "a number in (0, 1]"),
         (settings.max_new_tokens >= 1, "--max-new-tokens", settings.max_new_tokens, "a positive integer"),
         (settings.batch_size >= 1, "--batch-size", settings.batch_size, "a positive integer"),
         (settings.decode in DECODE_MODES, "--decode", settings.decode, f"one of {', '.join(DECODE_MODES)}"),
         (settings.cpu_threads >= 0, "--cpu-threads", settings.cpu_threads, "0 (torch's default) or a positive integer"),
-        (settings.borda_p is None or settings.borda_p >= 0, "--borda-p", settings.borda_p, "a non-negative number"),
+        (settings.borda_p is None or 0 <= settings.borda_p < math.inf, "--borda-p", settings.borda_p, "a non-negative finite number"),
         ("{prompt}" in settings.prompt_template, "--prompt-template", settings.prompt_template, "a template containing {prompt}"),
     ]
     for ok, name, value, expected in checks:
@@ -214,6 +219,7 @@ def generation_settings(settings: EvalSettings, benchmark, model_path: str) -> d
         "prompt_field": benchmark.prompt_field,
         "label_field": benchmark.label_field,
         "answer_format": benchmark.answer_format,
+        **({"label_format": settings.label_format} if settings.label_format not in (None, "as_is") else {}),
         "prompt_template": settings.prompt_template,
         "system_prompt": settings.system_prompt,
         "chat_template": settings.chat_template,
@@ -257,7 +263,8 @@ def run_eval(settings: EvalSettings) -> dict:
     started = time.perf_counter()
     validate(settings)
     benchmark = get_benchmark(
-        settings.benchmark, prompt_field=settings.prompt_field, label_field=settings.label_field, answer_format=settings.answer_format
+        settings.benchmark, prompt_field=settings.prompt_field, label_field=settings.label_field, answer_format=settings.answer_format,
+        label_format=settings.label_format,
     )
     try:
         answer_format = get_answer_format(benchmark.answer_format)
@@ -292,6 +299,7 @@ def run_eval(settings: EvalSettings) -> dict:
         }
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model = load_model(settings.model, settings.dtype).eval().to(device)
+        check_vocabulary(model, tokenizer, settings.model)
         eos_ids = eos_token_ids(tokenizer, model)
         if finished:
             print(f"resuming {output}: {len(greedy_todo)} greedy and {len(sampled_todo)} sampled problems to go", file=sys.stderr)

@@ -33,10 +33,10 @@ def summarize(records: list[dict], prefix: str, answer_format: AnswerFormat | No
         f"{prefix}accuracy": mean("correct"),
         f"{prefix}answer_rate": sum(r["answer"] is not None for r in records) / len(records),
         f"{prefix}self_certainty": mean("self_certainty"),
-        f"{prefix}entropy": mean("entropy"),
-        f"{prefix}len_mean": mean("num_tokens"),
-        f"{prefix}truncated": mean("truncated"),
     }
+    for name, key in (("entropy", "entropy"), ("len_mean", "num_tokens"), ("truncated", "truncated")):
+        if all(key in r for r in records):  # rlif writes them; a responses file of one's own may not (`rlif select`)
+            metrics[f"{prefix}{name}"] = mean(key)
     if all("ref_logprob" in r for r in records):
         metrics[f"{prefix}ref_logprob"] = mean("ref_logprob")
         metrics[f"{prefix}kl_ref"] = sum(r["mean_logprob"] - r["ref_logprob"] for r in records) / len(records)
@@ -107,7 +107,8 @@ def format_summary(summary: dict) -> str:
             row(name, accuracy.get(key), problems)
     for key, label in (("answer_rate", "answer rate"), ("len_mean", "mean length (tokens)"), ("truncated", "truncated")):
         parts = [f"{group} {metrics[f'{group}/{key}']:.3g}" for group in ("greedy", "sampled") if f"{group}/{key}" in metrics]
-        lines.append(f"{label}: " + ", ".join(parts))
+        if parts:
+            lines.append(f"{label}: " + ", ".join(parts))
     lines += ["", "| responses | n | correct | mean SC correct | mean SC incorrect | AUROC | effect size r |", "|---|---|---|---|---|---|---|"]
     fmt = lambda value: "-" if value is None else f"{value:.3f}"  # noqa: E731
     for group, stats in summary["calibration"].items():

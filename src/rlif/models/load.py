@@ -1,7 +1,13 @@
-"""Loading models and tokenizers from a local folder or a hub id, with clear errors."""
+"""Loading models and tokenizers from a local folder or a hub id, with clear errors.
+
+A loaded model is checked once, before any work, for what would otherwise fail later and obscurely: weights
+holding NaN/inf (a sampling crash), a model that is not a causal LM (a bidirectional encoder such as BERT would
+train silently on tokens it can see ahead), and, with its tokenizer, an embedding smaller than the vocabulary.
+"""
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,10 +25,21 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_model_path(path: str) -> str:
-    """A local folder as is; a registered short name (`rlif models list`) as its installed folder; else a hub id."""
+    """A local folder as is; a registered short name (`rlif models list`) as its installed folder; else a hub id.
+
+    A path that can only be local (absolute, ./ ../ ~, or with more folders than a hub id's owner/name) and does
+    not exist is an error here, not a question to the hub."""
     if Path(path).is_dir():
         return path
+    if Path(path).exists():
+        raise ModelLoadError(f"model path {path} is a file; expected a model folder (config.json, weights, tokenizer)")
+    if _looks_local(path):
+        raise ModelLoadError(f"model folder {path} does not exist")
     return installed_model_path(path) or path
+
+
+def _looks_local(path: str) -> bool:
+    return os.path.isabs(path) or path.startswith(("./", "../", "~")) or path.count("/") > 1 or "\\" in path
 
 
 def _where(path: str) -> str:
@@ -87,7 +104,55 @@ def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = Fals
     except Exception as error:
         raise ModelLoadError(f"could not load a causal LM from {_where(path)}: {error}") from None
     disable_dropout(model)
+    check_finite_weights(model, path)
+    check_causal(model, path)
     return model
+
+
+@torch.no_grad()
+def check_finite_weights(model: nn.Module, path: str) -> None:
+    """ModelLoadError naming the model and its first parameter that holds NaN/inf (one sum per parameter)."""
+    for name, parameter in model.named_parameters():
+        if not torch.isfinite(parameter.sum(dtype=torch.float32)) and not torch.isfinite(parameter).all():
+            bad = int((~torch.isfinite(parameter)).sum())
+            raise ModelLoadError(f"the weights in {_where(path)} hold NaN/inf: {bad} of the {parameter.numel()} values of "
+                                 f"{name}; the model files are damaged or were saved from a diverged run")
+
+
+@torch.no_grad()
+def check_causal(model: nn.Module, path: str) -> None:
+    """ModelLoadError unless the model is causal: its logits at a position must not depend on later tokens.
+
+    Two 3-token inputs that differ only in the last token go through the model: a causal LM gives the same logits at
+    the first two positions, a bidirectional encoder (BERT, RoBERTa without is_decoder) does not. A config flag
+    cannot tell them apart (is_decoder is False for Llama too), so the model is asked."""
+    vocab = model.get_input_embeddings().num_embeddings
+    if vocab < 4:
+        return
+    device = next(model.parameters()).device
+    ids = torch.tensor([[0, 1, 2], [0, 1, 3]], device=device)
+    training = model.training
+    model.eval()
+    try:
+        logits = model(input_ids=ids).logits.float()
+    finally:
+        model.train(training)
+    scale = logits[:, :2].abs().max().clamp(min=1e-6)
+    if (logits[0, :2] - logits[1, :2]).abs().max() > 1e-3 * scale:
+        raise ModelLoadError(
+            f"the model in {_where(path)} ({type(model).__name__}) is not a causal language model: its predictions depend "
+            "on later tokens (a bidirectional encoder such as BERT); rlif trains decoder-only causal LMs"
+        )
+
+
+def check_vocabulary(model: nn.Module, tokenizer, path: str) -> None:
+    """ModelLoadError if the tokenizer can produce token ids the model's embedding has no row for."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ModelLoadError(
+            f"the model in {_where(path)} has an embedding of {rows} tokens but its tokenizer has {len(tokenizer)}: "
+            f"token ids {rows} and above have no embedding. Use the tokenizer the model was trained with"
+        )
 
 
 def enable_activation_checkpointing(model: nn.Module) -> None:

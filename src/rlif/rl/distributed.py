@@ -24,6 +24,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 
 from rlif.errors import ConfigError
 from rlif.models.lora import is_peft_model
@@ -99,6 +100,19 @@ def on_any_process(accelerator, flag: bool) -> bool:
     if accelerator.num_processes == 1:
         return flag
     return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), "sum") > 0)
+
+
+def weights_finite(accelerator, model) -> bool:
+    """Whether every trainable parameter is finite on every process (the same answer everywhere): one sum per
+    parameter (NaN and inf propagate through it) and one host sync; frozen weights were checked when loaded. Under
+    FSDP2 each process sums its own shards."""
+    sums = [_local(p.detach()).sum(dtype=torch.float32) for p in model.parameters() if p.requires_grad]
+    finite = bool(torch.isfinite(torch.stack(sums)).all()) if sums else True
+    return not on_any_process(accelerator, not finite)
+
+
+def _local(tensor):
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 def same_batch_count(accelerator, batches: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from rlif.data.answers import plurality
+from rlif.errors import ConfigError
 from rlif.rl.loss import group_advantages
 from rlif.rl.rollout import Rollout
 from rlif.signals.tokens import masked_mean
@@ -88,10 +89,28 @@ def build_reward(name: str, weights: dict[str, float] | None = None) -> Reward:
 def compute_reward(reward: Reward, rollout: Rollout) -> Tensor:
     """Call `reward` on the rollout, hiding labels unless it declares `uses_labels`; check the result."""
     view = rollout if reward.uses_labels else rollout.without_labels(reward.name)
-    values = torch.as_tensor(reward(view), dtype=torch.float32).flatten().cpu()
-    if values.shape[0] != rollout.response_ids.shape[0]:
-        raise ValueError(f"reward {reward.name!r} returned {values.shape[0]} values for {rollout.response_ids.shape[0]} responses")
+    returned = reward(view)
+    count = rollout.response_ids.shape[0]
+    expected = f"expected one number per response: {count} of them, e.g. a tensor of shape ({count},)"
+    try:
+        values = torch.as_tensor(returned, dtype=torch.float32).flatten().cpu()
+    except (TypeError, ValueError, RuntimeError):  # strings, None, ragged lists, objects
+        raise ConfigError(f"config field reward.name = {reward.name!r}: the reward returned {_describe(returned)}; {expected}",
+                          field="reward.name") from None
+    if values.shape[0] != count:
+        raise ConfigError(f"config field reward.name = {reward.name!r}: the reward returned {values.shape[0]} values for "
+                          f"{count} responses ({_describe(returned)}); {expected}", field="reward.name")
     return values
+
+
+def _describe(value) -> str:
+    """What a reward returned, briefly: its type, its length or shape, the first items."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (list, tuple)):
+        kinds = sorted({type(item).__name__ for item in value})
+        return f"a {type(value).__name__} of {len(value)} ({', '.join(kinds) or 'empty'}) starting {value[:3]!r:.80}"
+    return f"{type(value).__name__} {value!r:.80}"
 
 
 @register("self_certainty")

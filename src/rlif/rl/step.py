@@ -33,7 +33,7 @@ from rlif.errors import TrainingDiverged
 from rlif.models.load import compiled_layers
 from rlif.models.lora import is_peft_model, merged_state_dict
 from rlif.rl.checkpoint import latest_checkpoint
-from rlif.rl.distributed import full_parameters, loss_scale, on_any_process, same_batch_count, sampling_model
+from rlif.rl.distributed import full_parameters, loss_scale, on_any_process, same_batch_count, sampling_model, weights_finite
 from rlif.rl.loss import group_advantages, k3_kl, policy_loss
 from rlif.rl.reference import Reference
 from rlif.rl.rewards import Reward, compute_reward
@@ -117,7 +117,8 @@ def train_step(state: TrainState, step: int, prompts: StepPrompts) -> StepResult
     # ---- reward -> group-normalized advantages --------------------------------------------------
     rewards = compute_reward(state.reward, rollout)  # (N,)
     if on_any_process(accelerator, not torch.isfinite(rewards).all()):
-        raise TrainingDiverged(diverged_message(step, f"reward {state.reward.name!r} returned non-finite values", state.run_dir))
+        raise TrainingDiverged(diverged_message(step, f"reward {state.reward.name!r} returned non-finite values", state.run_dir,
+                                                advice=non_finite_reward_advice(accelerator, rollout)))
     advantages = group_advantages(rewards, config.rollout.group_size, config.train.advantage_eps)  # (N,)
 
     # ---- update: PPO-clip + beta * KL, token mean over each update's responses ------------------
@@ -249,6 +250,8 @@ def optimizer_update(state: TrainState, step: int, rollout: Rollout, advantages:
     if not torch.isfinite(torch.as_tensor(grad_norm)):
         raise TrainingDiverged(diverged_message(step, f"the gradient norm is {float(grad_norm)}", state.run_dir))
     state.optimizer.step()
+    if not weights_finite(accelerator, model):  # any cause (an overflow, a faulty device): stop before logging or saving
+        raise TrainingDiverged(diverged_message(step, "the weights hold NaN/inf after the update", state.run_dir, applied=True))
     state.optimizer.zero_grad(set_to_none=True)
     return accelerator.reduce(sums[1:], "sum").cpu(), grad_norm
 
@@ -407,10 +410,21 @@ def maybe_no_sync(accelerator, model, last: bool):
     return accelerator.no_sync(model)
 
 
-def diverged_message(step: int, what: str, run_dir: Path) -> str:
+def diverged_message(step: int, what: str, run_dir: Path, advice: str | None = None, applied: bool = False) -> str:
     latest = latest_checkpoint(run_dir)
     kept = f"the last good checkpoint is {latest[1]}" if latest else "no checkpoint was written yet"
-    return (
-        f"step {step}: {what}; training stopped before applying this update ({kept}). "
-        "Lower train.lr or raise train.kl_coef, then resume with run.resume=true or start a new run."
-    )
+    stopped = "before writing a checkpoint of these weights" if applied else "before applying this update"
+    advice = advice or "Lower train.lr or raise train.kl_coef, then resume with run.resume=true or start a new run."
+    return f"step {step}: {what}; training stopped {stopped} ({kept}). {advice}"
+
+
+def non_finite_reward_advice(accelerator, rollout: Rollout) -> str | None:
+    """When the policy's own signals of the rollout are finite, the reward function made the NaN: say so (None: the
+    model's signals are not finite either, and the usual advice about the learning rate applies)."""
+    mask = rollout.response_mask.bool()
+    signals = (rollout.signals.logprobs, rollout.signals.self_certainty, rollout.signals.entropy)
+    if on_any_process(accelerator, not all(torch.isfinite(values[mask]).all() for values in signals)):
+        return None
+    return ("The policy's log-probs, self-certainty and entropy of these responses are finite, so the reward function is "
+            "the likely cause: check what it returns for them (a division by zero, a log of 0), then resume with "
+            "run.resume=true.")

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import importlib.util
 import json
-import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,19 +34,28 @@ from transformers import AutoConfig, get_scheduler
 from rlif.config import Config, save_config
 from rlif.data import jsonl
 from rlif.data.answers import get_answer_format
-from rlif.data.prompts import TrainingPrompts, prepare_prompts
-from rlif.errors import ConfigError
+from rlif.data.prompts import TrainingPrompts, prepare_prompts, worked_solution_warning
+from rlif.errors import ConfigError, OutputError
 from rlif.eval.generate import evaluate_in_training
 from rlif.files import write_text_atomic
-from rlif.models.load import eos_token_ids, load_model, load_tokenizer, resolve_model_path
+from rlif.models.load import check_vocabulary, eos_token_ids, load_model, load_tokenizer, resolve_model_path
 from rlif.models.lora import load_policy
-from rlif.rl.checkpoint import STATE_FILE, latest_checkpoint, remove_incomplete, rng_state, save_checkpoint, set_rng_state
+from rlif.rl.checkpoint import (
+    latest_checkpoint,
+    loadable_checkpoint,
+    remove_incomplete,
+    rng_state,
+    save_checkpoint,
+    seed_global_rngs,
+    set_rng_state,
+)
 from rlif.rl.distributed import (
     check_supported_setup,
     full_parameters,
     init_fsdp_root,
     load_optimizer_state_dict,
     model_state_dict,
+    on_any_process,
     optimizer_state_dict,
     sampling_model,
 )
@@ -54,6 +64,7 @@ from rlif.rl.rewards import build_reward
 from rlif.rl.step import StepPrompts, TrainState, cached_casts, sample_records, sync_engine, train_step
 from rlif.runs import trackers
 from rlif.runs.checkpoint_choice import StopDecision, eval_points, stop_decision
+from rlif.runs.folder import check_writable, is_rlif_run, mark_run, moved_from, remove_run_contents
 from rlif.runs.log import RunLogger
 from rlif.runs.report import write_report
 from rlif.sampling.keys import seed_for
@@ -101,11 +112,17 @@ def prepare_run_dir(config: Config, accelerator) -> Path:
     if config.run.resume:
         if not saved.exists():
             raise ConfigError(f"config field run.resume = True: {run_dir} holds no run (no config.yaml) to resume")
-        differences = _config_differences(yaml.safe_load(saved.read_text()), config.to_dict())
-        refused = [d for d in differences if d.split(" ")[0] not in _RESUMABLE_DIFFERENCES]
+        if accelerator.is_main_process:
+            check_writable(run_dir)  # before any model is loaded
+        saved_config = yaml.safe_load(saved.read_text())
+        differences = _config_differences(_with_defaults(saved_config, Config().to_dict()), config.to_dict())
+        moved = moved_from(saved_config, run_dir)  # the folder is the run: one copied or moved elsewhere resumes there
+        refused = [d for d in differences if d.split(" ")[0] not in _RESUMABLE_DIFFERENCES and not d.startswith("run.output_dir ")]
         if refused:
             raise ConfigError(f"cannot resume {run_dir}: the config differs from the saved one: " + "; ".join(refused))
-        changed = [d for d in differences if not d.startswith("run.")]
+        if moved:
+            accelerator.print(f"note: {run_dir} was run as {moved}; it resumes where it is now")
+        changed = [d for d in differences if not d.startswith("run.") or (moved and d.startswith("run.output_dir "))]
         if changed:
             accelerator.print(f"resuming {run_dir} with changed settings: " + "; ".join(changed))
             accelerator.wait_for_everyone()  # every process has read the saved config before it is replaced
@@ -116,20 +133,39 @@ def prepare_run_dir(config: Config, accelerator) -> Path:
                 save_config(config, saved)
             accelerator.wait_for_everyone()
         return run_dir
+    if accelerator.is_main_process:
+        check_writable(run_dir)  # before any model is loaded
     if run_dir.exists() and any(run_dir.iterdir()):
         if not config.run.overwrite:
             raise ConfigError(
                 f"config field run.output_dir = {str(run_dir)!r}: the folder is not empty; "
                 "pass run.resume=true to continue that run or run.overwrite=true to start over"
             )
+        if not is_rlif_run(run_dir):
+            raise ConfigError(
+                f"config field run.overwrite = True: {run_dir} is not a run folder rlif made (no .rlif-run marker, nor "
+                "config.yaml and metrics.jsonl), so rlif does not delete it; choose another run.output_dir"
+            )
         if accelerator.is_main_process:
-            shutil.rmtree(run_dir)
+            remove_run_contents(run_dir)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
+        mark_run(run_dir)
         save_config(config, saved)
     accelerator.wait_for_everyone()
     return run_dir
+
+
+def _with_defaults(saved: dict, defaults: dict) -> dict:
+    """The saved config with the fields added to rlif since it was written at their defaults (what that run used)."""
+    merged = dict(saved)
+    for key, default in defaults.items():
+        if key not in merged:
+            merged[key] = default
+        elif isinstance(default, dict) and isinstance(merged[key], dict):
+            merged[key] = _with_defaults(merged[key], default)
+    return merged
 
 
 def _config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -168,8 +204,26 @@ class Run:
     chosen_step: int | None = None  # the evaluation run.stop_rule keeps so far (its checkpoint is never deleted)
 
 
+# A storage failure stops the run as a clear error (the last complete checkpoint is intact), not a traceback.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO}
+
+
 def train(config: Config) -> Path:
     """Run (or resume) training as configured; returns the run directory."""
+    try:
+        return _train(config)
+    except OSError as error:
+        if error.errno not in _STORAGE_ERRNOS:
+            raise
+        latest = latest_checkpoint(config.run.output_dir)
+        kept = f"the last complete checkpoint is {latest[1]} (intact)" if latest else "no checkpoint was written yet"
+        raise OutputError(
+            f"could not write {error.filename or config.run.output_dir} ({error.strerror}); training stopped, {kept}. "
+            "Free space or make the folder writable, then resume with run.resume=true"
+        ) from None
+
+
+def _train(config: Config) -> Path:
     run_dir, run = set_up(config)
     if run is None:  # a resumed run that had already finished
         return run_dir
@@ -223,6 +277,8 @@ def set_up(config: Config) -> tuple[Path, Run | None]:
         raise ConfigError(f"config field reward.name = {reward.name!r} needs labels, but data.label_field is null")
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
     prompts = prepare_prompts(config.data, tokenizer, config.data.path)
+    if (warning := worked_solution_warning(prompts.records, config.data)) and accelerator.is_main_process:
+        print(f"warning: {warning}", file=sys.stderr)
     eval_problems = None
     if config.eval.path is not None:
         if config.data.label_field is None:
@@ -235,7 +291,8 @@ def set_up(config: Config) -> tuple[Path, Run | None]:
         check_head_dim(resolve_model_path(config.model.path), config.model.trust_remote_code)
     run_dir = prepare_run_dir(config, accelerator)
 
-    resume_from = latest_checkpoint(run_dir) if config.run.resume else None
+    # (step, folder, trainer state) of the newest checkpoint that loads (a damaged one is passed over, with a note)
+    resume_from = loadable_checkpoint(run_dir, accelerator.print) if config.run.resume else None
     start_step = resume_from[0] if resume_from else 0
     stopped = stopped_by_rule(run_dir) if config.run.resume else None
     if stopped is not None:
@@ -244,8 +301,11 @@ def set_up(config: Config) -> tuple[Path, Run | None]:
         return run_dir, None
     if start_step >= num_steps:
         accelerator.print(f"{run_dir} is already complete ({start_step}/{num_steps} steps)")
+        if accelerator.is_main_process and not (run_dir / "report.md").is_file():  # killed while writing it
+            accelerator.print(f"writing its missing report: {write_report(run_dir)}")
         return run_dir, None
     policy = load_policy(config, resume_from[1] if resume_from else None)  # full weights, or base + LoRA adapters
+    check_vocabulary(policy, tokenizer, config.model.path)
     # The frozen initial model: the KL term, offline rewards, evaluation's label-free signals.
     needs_reference = config.train.kl_coef > 0 or getattr(reward, "needs_reference", False)
     reference = build_reference(config, accelerator, policy, load_model, needed=needs_reference)  # None if not needed
@@ -259,8 +319,9 @@ def set_up(config: Config) -> tuple[Path, Run | None]:
     scheduler = get_scheduler(
         config.train.lr_schedule, optimizer, num_warmup_steps=int(config.train.warmup_ratio * num_steps), num_training_steps=num_steps
     )
+    seed_global_rngs(seed_for(config.train.seed, accelerator.process_index))  # a resume then restores the saved states
     if resume_from:
-        saved = torch.load(resume_from[1] / STATE_FILE, weights_only=False, mmap=True)
+        saved = resume_from[2]
         scheduler.load_state_dict(saved["scheduler"])
         if accelerator.num_processes == len(saved["rng"]):
             set_rng_state(saved["rng"][accelerator.process_index])
@@ -388,11 +449,17 @@ def save(state: TrainState, step: int, protect: frozenset[int] = frozenset()) ->
     rng = gather_object([rng_state()])  # one entry per process
     weights = model_state_dict(accelerator, signal_model)  # full weights on process 0 (gathered under FSDP2)
     optimizer_state = optimizer_state_dict(accelerator, signal_model, state.optimizer)  # keyed by parameter name
+    failed = None
     if accelerator.is_main_process:
         trainer_state = {"step": step, "optimizer": optimizer_state, "scheduler": state.scheduler.state_dict(), "rng": rng}
         model = accelerator.unwrap_model(signal_model).model
-        save_checkpoint(state.run_dir, step, model, state.tokenizer, trainer_state, config.run.keep_checkpoints,
-                        state_dict=weights, lora_merged=config.lora.save_merged, protect=protect)
+        try:
+            save_checkpoint(state.run_dir, step, model, state.tokenizer, trainer_state, config.run.keep_checkpoints,
+                            state_dict=weights, lora_merged=config.lora.save_merged, protect=protect)
+        except OutputError as error:  # a full or read-only disk: every process stops, with the message
+            failed = error
+    if on_any_process(accelerator, failed is not None):
+        raise failed or OutputError(f"step {step}: process 0 could not write the checkpoint; training stopped")
     accelerator.wait_for_everyone()
 
 

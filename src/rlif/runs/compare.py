@@ -25,10 +25,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from rlif import metrics as m
-from rlif.config import Config, config_from_dict
+from rlif.config import Config, config_from_dict, read_yaml
 from rlif.data import jsonl
 from rlif.errors import ConfigError
 from rlif.rl.checkpoint import latest_checkpoint
@@ -80,7 +78,7 @@ def load_comparison(path: str | Path, overrides: list[str] = ()) -> Comparison:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"comparison file {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path)[0] or {}  # duplicate keys, invalid YAML and non-UTF-8 text name the file and line
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with keys {', '.join(sorted(_KEYS))}")
     unknown = set(raw) - _KEYS
@@ -101,7 +99,7 @@ def load_comparison(path: str | Path, overrides: list[str] = ()) -> Comparison:
         raise ConfigError(f"{path}: two method labels map to the same folder name: {', '.join(methods)}")
     comparison = Comparison(
         path=path,
-        base=yaml.safe_load(base_path.read_text()) or {},
+        base=read_yaml(base_path)[0] or {},
         output_dir=Path(raw.get("output_dir") or f"runs/{path.stem}"),
         seeds=seeds,
         common=raw.get("common") or {},

@@ -64,10 +64,11 @@ def score_in_batches(
 ) -> TokenSignals:
     """`signal_model` over rows in batches of similar length (padding trimmed per batch): `batch_size` rows each,
     or the given `batches` of row indices (`length_batches`); (B, T) signals on the inputs' device, in the inputs'
-    row order."""
-    device = next(signal_model.parameters()).device
+    row order, float32 (float64 for a float64 model: its signals are kept as computed)."""
+    parameter = next(signal_model.parameters())
+    device, dtype = parameter.device, torch.float64 if parameter.dtype == torch.float64 else torch.float32
     num_rows, width = response_ids.shape
-    out = [torch.zeros(num_rows, width, device=response_ids.device) for _ in range(3)]
+    out = [torch.zeros(num_rows, width, dtype=dtype, device=response_ids.device) for _ in range(3)]
     if batches is None:
         if batch_size < 1:
             raise ValueError(f"score_in_batches: batch_size = {batch_size}: expected a positive integer (or batches)")
@@ -77,7 +78,7 @@ def score_in_batches(
         signals = signal_model(*(t.to(device) for t in batch), temperature=temperature)
         t = batch[2].shape[1]
         for buffer, values in zip(out, (signals.logprobs, signals.self_certainty, signals.entropy)):
-            buffer[rows, :t] = values.float().to(buffer.device)
+            buffer[rows, :t] = values.to(buffer.dtype).to(buffer.device)
         if progress is not None:
             progress.update(batch[0].shape[0])
     return TokenSignals(*out)

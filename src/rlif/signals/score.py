@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from rlif.data import jsonl
 from rlif.data.prompts import read_records, render_prompt
 from rlif.errors import DataError
-from rlif.models.load import load_model, load_tokenizer
+from rlif.models.load import check_vocabulary, load_model, load_tokenizer
 from rlif.signals.batching import pad_pairs, score_in_batches
 from rlif.signals.model import SignalModel
 from rlif.signals.tokens import masked_mean
@@ -79,14 +79,18 @@ def score_file(
     records = read_records(input_path)
     for where, record in records:
         for name in ("prompt", "response"):
-            if not isinstance(record.get(name), str):
-                raise DataError(f"{where}: field {name!r} must be a string, got {record.get(name)!r:.80}")
+            if name not in record:
+                raise DataError(f"{where}: missing field {name!r} (fields: {', '.join(sorted(record)) or 'none'}); "
+                                "each row needs a prompt and a response")
+            if not isinstance(record[name], str):
+                raise DataError(f"{where}: field {name!r} must be a string, got {record[name]!r:.80}")
         if not record["prompt"]:
             raise DataError(f"{where}: field 'prompt' is empty (the first response token needs a context)")
     tokenizer = load_tokenizer(model_path)
     if chat_template is None:
         chat_template = bool(getattr(tokenizer, "chat_template", None))
     model = load_model(model_path, dtype).eval().to("cuda" if torch.cuda.is_available() else "cpu")
+    check_vocabulary(model, tokenizer, model_path)
     scores = score_texts(
         model,
         tokenizer,

@@ -24,7 +24,7 @@ import re
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 from math_verify import LatexExtractionConfig, parse, verify
 
@@ -147,6 +147,15 @@ class AnswerFormat:
     def is_correct(self, response: str, reference: str | None) -> bool:
         return self.equivalent(self.extract(response), reference)
 
+    def grade(self, responses: Sequence[str], references: Sequence[str | None],
+              answers: Sequence[str | None] | None = None) -> list[dict]:
+        """Per response, what checking it gives: its `answer` (what votes) and `correct`, for evaluation records
+        and `Rollout.correct`. `answers`: the responses' extracted answers when already known. A format whose
+        check is costly overrides this to check all responses at once (code: `rlif.code.grading`)."""
+        if answers is None:
+            answers = [self.extract(response) for response in responses]
+        return [{"answer": answer, "correct": self.equivalent(answer, reference)} for answer, reference in zip(answers, references)]
+
 
 def answer_clusters(answers: list[str | None], equivalent: Callable[[str | None, str | None], bool]) -> list[int | None]:
     """Cluster id of each answer (equivalent answers share one; the first member is the representative); None for no answer."""
@@ -193,7 +202,7 @@ def register_answer_format(answer_format: AnswerFormat) -> AnswerFormat:
 MATH = register_answer_format(AnswerFormat("math", extract_answer, answers_match))
 
 # Formats defined in modules that are imported only when a config names them (importing registers them).
-_LAZY_FORMATS = {"arithmetic": "rlif.testbed.task"}
+_LAZY_FORMATS = {"arithmetic": "rlif.testbed.task", "code": "rlif.code.grading", "code_completion": "rlif.code.grading"}
 
 
 def get_answer_format(name: str) -> AnswerFormat:

@@ -46,7 +46,7 @@ from rlif.rl.distributed import (
     sampling_model,
 )
 from rlif.rl.reference import build_reference
-from rlif.rl.rewards import build_reward
+from rlif.rl.rewards import build_reward, check_answer_format
 from rlif.rl.step import StepPrompts, TrainState, cached_casts, sample_records, train_step
 from rlif.runs.log import RunLogger
 from rlif.runs.report import write_report
@@ -200,6 +200,7 @@ def set_up(config: Config) -> tuple[Path, Run | None]:
     reward = build_reward(config.reward.name, config.reward.weights)
     if reward.uses_labels and config.data.label_field is None:
         raise ConfigError(f"config field reward.name = {reward.name!r} needs labels, but data.label_field is null")
+    check_answer_format(reward, get_answer_format(config.data.answer_format))
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
     prompts = prepare_prompts(config.data, tokenizer, config.data.path)
     eval_problems = None

@@ -16,7 +16,7 @@ from rlif.code.grading import CODE, CODE_COMPLETION
 from rlif.code.passk import mean_pass_at_k
 from rlif.code.problems import CodeProblem
 from rlif.data.jsonl import read_log as read_jsonl
-from rlif.eval.job import resolve_settings
+from rlif.eval.job import CODE_CHAT_PROMPT_TEMPLATE, resolve_settings
 from rlif.testbed.tiny import save_tiny_model
 
 CODE_ALPHABET = string.printable.replace("\r", "").replace("\x0b", "").replace("\x0c", "")
@@ -58,7 +58,7 @@ def test_code_eval_runs_every_answer_in_the_sandbox(tmp_path, code_model, code_f
     settings = json.loads((out / "settings.json").read_text())
     # the tiny tokenizer has a chat template: chat style, no system prompt
     assert (settings["answer_format"], settings["chat_template"], settings["system_prompt"]) == ("code", True, None)
-    assert settings["label_field"] == "tests"
+    assert settings["label_field"] == "tests" and settings["prompt_template"] == CODE_CHAT_PROMPT_TEMPLATE
     records = read_jsonl(out / "responses.jsonl")
     assert len(records) == 9 and all(set(r) == RECORD_FIELDS for r in records)
     for r in records:  # each record is re-derivable: its program is the answer's, its status that program's run
@@ -90,7 +90,7 @@ def test_completion_style_and_resuming(tmp_path, code_model, code_file):
     assert run_eval(code_model, code_file, out, "--code-style", "completion", "--limit", 1) == 0
     assert run_eval(code_model, code_file, out, "--code-style", "completion", "--limit", 3) == 0  # resumes: 2 more
     settings = json.loads((out / "settings.json").read_text())
-    assert (settings["answer_format"], settings["chat_template"]) == ("code_completion", False)
+    assert (settings["answer_format"], settings["chat_template"], settings["prompt_template"]) == ("code_completion", False, "{prompt}")
     records = read_jsonl(out / "responses.jsonl")
     assert [r["problem"] for r in records] == [0, 1, 2]
     for r in records:

@@ -123,7 +123,8 @@ def _job(problem: CodeProblem, program: str, tests: str, timeout_s: float) -> di
 def run_programs(problems: Sequence[CodeProblem], programs: Sequence[str], *, per_test: bool = True,
                  timeout_s: float = TIMEOUT_S, workers: int | None = None) -> list[CodeOutcome]:
     """Run each program against its problem's tests; with per_test, also each test on its own for the
-    programs that failed (the signature and tests_passed need them; `correct` does not)."""
+    programs that failed (the signature and tests_passed need them; `passed` does not: without per_test a
+    failed program's signature is "failed:F" and its tests_passed 0)."""
     if len(problems) != len(programs):
         raise ValueError(f"{len(problems)} problems for {len(programs)} programs")
     whole = run_jobs([_job(p, program, p.tests, timeout_s) for p, program in zip(problems, programs)], workers)

@@ -1,7 +1,8 @@
 """Final answers: how a task's responses state them and when two are the same.
 
 An `AnswerFormat` pairs `extract(response) -> answer or None` with `equivalent(answer, reference)`.
-Configs name one (`data.answer_format: math`); a task adds its own with `register_answer_format`.
+Configs name one (`data.answer_format: math`); a task adds its own with `register_answer_format`. The code
+formats (`code`, `code_completion`: programs run against the tests) are in `rlif.code.grading`.
 
 The "math" format (GSM8K, MATH, MATH-500, arithmetic tasks):
 - extract: the last \\boxed{...} (balanced braces), else the text after the last "####", else the text

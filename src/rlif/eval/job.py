@@ -203,10 +203,10 @@ def resolve_settings(model: str, benchmark: str | None, output_dir: str, *, conf
         print(f"note: overriding the run's settings: {', '.join(overridden)}", file=sys.stderr)
     if is_code_format(resolved.answer_format):
         values = {**CODE_DEFAULTS, **values}
-        if given.get("answer_format") is not None:  # --answer-format code_completion says the style too
-            style = get_answer_format(given["answer_format"]).style
+        if fields["answer_format"] is not None:  # a format given (or the run's) says the style too: code_completion
+            style = get_answer_format(fields["answer_format"]).style
             if values.get("code_style") not in (None, style):
-                raise EvalError(f"--answer-format {given['answer_format']} takes {style}-style programs, "
+                raise EvalError(f"answer format {fields['answer_format']} takes {style}-style programs, "
                                 f"but --code-style is {values['code_style']}")
             values["code_style"] = style
     values.update(prompt_field=resolved.prompt_field, label_field=resolved.label_field, answer_format=resolved.answer_format)

@@ -224,7 +224,7 @@ CODE_DEFAULTS = {"system_prompt": None, "max_new_tokens": 512, "prompt_template"
 # The user message of chat style by default (completion style continues the bare prompt): the prompt in a python
 # block and what to answer with. SmolLM2-135M-Instruct given the bare prompt as its user message often answers with
 # code, then a closing fence, then prose, and runs to the token limit more often (first 32 HumanEval problems,
-# greedy, 384 tokens: 3 passed, 16 truncated, bare; 6 passed, 6 truncated, with this template).
+# greedy, 384 tokens: 3 passed, 16 truncated, bare; 6 passed, 6 truncated, with an earlier wording of this one).
 CODE_CHAT_PROMPT_TEMPLATE = "Complete the following Python code. Write the whole function in one ```python code block.\n\n```python\n{prompt}\n```"
 
 

@@ -107,6 +107,28 @@ python add.py
 """
 
 
+# SmolLM2-135M-Instruct's answer to a bare HumanEval prompt (HumanEval/0): code first, a closing fence it never opened
+CLOSING_ONLY = """from typing import List
+
+def has_close_elements(numbers: List[float], threshold: float) -> bool:
+    return any(num - threshold <= 0 for num in numbers)
+
+# Example usage:
+print(has_close_elements([1.0, 2.0, 3.0], 0.5))  # True
+```
+
+In this code, the `has_close_elements` function takes a list of numbers and a threshold as input. It returns `True` if
+"""
+
+
+def test_code_that_closes_a_fence_it_never_opened():
+    assert code_from_response(CLOSING_ONLY) == CLOSING_ONLY.split("```")[0]
+    # an opening fence without a tag after prose is still an opening fence (the text before it is not Python)
+    assert code_from_response("Here is the code:\n```\ndef add(a, b):\n    return a + b\n") == "def add(a, b):\n    return a + b\n"
+    # both sides Python: CommonMark's reading (the unclosed block after the fence)
+    assert code_from_response("x = 1\n```\ny = 2\n") == "y = 2\n"
+
+
 def test_chat_answers_give_the_intended_code():
     assert code_from_response(PROSE_AND_FENCE) == "print(add(2, 3))  # Output: 5\n"  # the last python block, as documented
     assert code_from_response(REVISED) == "def add(a, b):\n    return a + b\n"

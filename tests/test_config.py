@@ -50,7 +50,7 @@ def test_string_override_is_kept_verbatim(tmp_path):
         ("train.lrr=1", "unknown config key 'train.lrr'; did you mean 'train.lr'?"),
         ("trian.lr=1", "unknown config key 'trian'; did you mean 'train'?"),
         ("train.lr", "expected section.field=value"),
-        ("reward.name=nope", "reward.name = 'nope': unknown reward; registered: correctness"),
+        ("reward.name=nope", "reward.name = 'nope': unknown reward; registered: code_tests, code_tests_all, correctness"),
         ("rollout.top_p=0", "rollout.top_p = 0.0: expected a number in (0, 1]"),
         ("rollout.decode=fast", "rollout.decode = 'fast': expected one of 'dynamic', 'static', 'compiled'"),
         ("train.adam_betas=[0.9]", "train.adam_betas = [0.9]: expected two numbers in [0, 1)"),

@@ -86,6 +86,7 @@ def cmd_eval(args) -> None:
         label_field=args.label_field,
         answer_format=args.answer_format,
         label_format=args.label_format,
+        code_style=args.code_style,
         prompt_template=args.prompt_template,
         system_prompt=args.system_prompt,
         chat_template=args.chat_template,
@@ -217,22 +218,27 @@ def build_parser() -> argparse.ArgumentParser:
         "(template, system prompt, chat template from RUN/config.yaml). Rerun the same command to resume.",
     )
     evaluate.add_argument("--model", required=True, help="model folder, installed name (rlif models), hub id, training run folder or checkpoint")
-    evaluate.add_argument("--benchmark", default=None, help="gsm8k, math500, or a .jsonl/.parquet file (default: the run's eval.path)")
+    evaluate.add_argument("--benchmark", default=None, help="gsm8k, math500, humaneval, or a .jsonl/.parquet file (default: the run's eval.path)")
     evaluate.add_argument("--output", required=True, help="output folder (responses.jsonl, summary.json, selection.jsonl, calibration.png)")
     evaluate.add_argument("--limit", type=int, default=None, help="answer the first N problems (default: all)")
     evaluate.add_argument("--n", type=int, default=None, help="sampled responses per problem besides the greedy one (default 0)")
     evaluate.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the run's, else 0.9)")
     evaluate.add_argument("--top-p", type=float, default=None, help="nucleus threshold (default: the run's, else 1.0)")
-    evaluate.add_argument("--max-new-tokens", type=int, default=None, help="token limit per response (default: the run's, else 3072)")
+    evaluate.add_argument("--max-new-tokens", type=int, default=None, help="token limit per response (default: the run's, else 3072; 512 for code)")
     evaluate.add_argument("--seed", type=int, default=None, help="seed of the samples and of the random rule (default 0)")
     evaluate.add_argument("--config", default=None, help="take prompt settings from this run folder or config file instead")
     evaluate.add_argument("--prompt-field", default=None, help="problem field of a benchmark file (default prompt)")
-    evaluate.add_argument("--label-field", default=None, help="answer field of a benchmark file (default answer)")
-    evaluate.add_argument("--answer-format", default=None, help="answer format of a benchmark file (default math)")
+    evaluate.add_argument("--label-field", default=None, help="answer field of a benchmark file (default answer; tests for code)")
+    evaluate.add_argument("--answer-format", default=None, help="answer format of a benchmark file (default math; code for a file in a code layout)")
     evaluate.add_argument("--label-format", default=None, choices=["as_is", "gsm8k"],
                           help="how the reference is read from the label field: as_is, or gsm8k (the text after ####) (default: the run's data.label_format, else as_is)")
+    evaluate.add_argument(
+        "--code-style", default=None, choices=["chat", "completion"],
+        help="code benchmarks: chat (chat template, program from the last ```python block) or completion (the model "
+        "continues the prompt, no chat template); default chat when the tokenizer has a chat template",
+    )
     evaluate.add_argument("--prompt-template", default=None, help="user message template with {prompt} (default: the run's, else {prompt})")
-    evaluate.add_argument("--system-prompt", default=None, help="system message (default: the run's, else rlif's \\boxed{} instruction; '' for none)")
+    evaluate.add_argument("--system-prompt", default=None, help="system message (default: the run's, else rlif's \\boxed{} instruction, none for code; '' for none)")
     evaluate.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None, help="use the tokenizer's chat template (default: the run's, else when it has one)")
     evaluate.add_argument("--borda-p", type=float, default=None, help="Borda power p (default 0.3 for N <= 16, 1.2 for N >= 32)")
     evaluate.add_argument("--dtype", default=None, choices=["float32", "float64", "bfloat16", "float16"],

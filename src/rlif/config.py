@@ -68,7 +68,7 @@ class DataConfig:
     prompt_field: str = "prompt"
     """Field holding the prompt text."""
     label_field: str | None = "answer"
-    """Field holding the reference answer, used only by rewards that declare `uses_labels` and for monitoring accuracy. null: no labels."""
+    """Field holding the reference answer, used only by rewards that declare `uses_labels` and for monitoring accuracy. null: no labels. With a code answer format: `tests` (the problems' tests) or null."""
     prompt_template: str = "{prompt}"
     """Template of the user message: `{prompt}` is replaced by the prompt text (other braces are kept as they are)."""
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
@@ -78,7 +78,7 @@ class DataConfig:
     max_prompt_tokens: int = 512
     """Prompts longer than this (in tokens, after templating) are dropped at start-up, and the count is printed."""
     answer_format: str = "math"
-    """How final answers are extracted from responses and compared with labels (`rlif.answers`; or package.module:attribute)."""
+    """How final answers are extracted from responses and compared with labels (`rlif.answers`; or package.module:attribute). `code` (chat style) or `code_completion`: data.path is a HumanEval/MBPP/LiveCodeBench file, answers are programs run against its tests in a sandbox (`rlif.code.grading`)."""
     label_format: Literal["as_is", "gsm8k"] = "as_is"
     """How the reference answer is read from the label field: as_is (the whole field), or gsm8k (the text after the last `####`: GSM8K's answer field is a worked solution ending in `#### 72`, and `rlif eval --benchmark gsm8k` reads it the same way). A math run whose labels look like worked solutions gets a warning at start-up."""
 

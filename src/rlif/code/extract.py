@@ -11,7 +11,11 @@ body is cut off too; so is an `if __name__ == "__main__":` block.
 
 Chat style (an instruct model answers in prose and Markdown): the program is the last fenced block tagged
 python (or py, python3), else the last fenced block of any language, else the whole response. A fence the
-model opened but never closed (it ran out of tokens) counts as a block up to the end of the response.
+model opened but never closed (it ran out of tokens) counts as a block up to the end of the response. One
+more case, from SmolLM2-135M-Instruct given a bare HumanEval prompt: the response starts with the code and
+closes a fence it never opened (code, then a lone ```, then prose). So when a response has a single fence
+line, without a language tag, and the text before it compiles as Python while the text after it does not,
+the code is the text before it.
 """
 
 from __future__ import annotations
@@ -63,6 +67,9 @@ def code_from_response(response: str) -> str:
     """The code in a chat-style answer: the last python block, else the last block, else the whole text."""
     for marker in END_OF_TEXT:
         response = response.split(marker, 1)[0]
+    closing_only = _code_before_a_lone_fence(response)
+    if closing_only is not None:
+        return closing_only
     blocks = fenced_blocks(response)
     python_blocks = [content for info, content in blocks if (info.split() or [""])[0].lower() in PYTHON_TAGS]
     if python_blocks:
@@ -72,8 +79,32 @@ def code_from_response(response: str) -> str:
     return response
 
 
+def _compiles(source: str) -> bool:
+    try:
+        compile(source, "<response>", "exec")
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
+def _code_before_a_lone_fence(response: str) -> str | None:
+    """The text before the response's only fence line when that fence has no language tag and closes code
+    (the text before compiles, the text after does not); else None."""
+    fences = list(_FENCE.finditer(response))
+    if len(fences) != 1 or fences[0].group(2).strip():
+        return None
+    before, after = response[:fences[0].start()], response[fences[0].end():]
+    if before.strip() and _compiles(before) and not _compiles(after):
+        return before
+    return None
+
+
 def program_from_response(response: str, prefix: str = "") -> str:
     """The program a chat-style answer makes: prefix (for HumanEval the prompt, so that its imports and helper
     functions exist; the answer's own definition replaces the prompt's body-less one), then the code."""
-    code = code_from_response(response)
+    return with_prefix(prefix, code_from_response(response))
+
+
+def with_prefix(prefix: str, code: str) -> str:
+    """prefix, two blank lines, then the code (the code alone without a prefix)."""
     return f"{prefix.rstrip()}\n\n\n{code}" if prefix else code

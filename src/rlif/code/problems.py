@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rlif.code.executor import ExecutionResult, execute, execute_many
-from rlif.code.extract import program_from_completion, program_from_response
+from rlif.code.extract import program_from_completion, program_from_response, with_prefix
 
 HUMANEVAL_PATH = Path(__file__).resolve().parents[1] / "data" / "benchmark_data" / "humaneval" / "test.jsonl"
 _RUNNERS_SOURCE = (Path(__file__).with_name("_test_runners.py")).read_text(encoding="utf-8")
 Style = Literal["chat", "completion"]
+LABEL_KEY, LABEL_VERSION = "rlif_code_problem", 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +65,34 @@ class CodeProblem:
             return self.program_for(program_from_response(answer, self.code_prefix))
         raise ValueError(f"style must be 'chat' or 'completion', got {style!r}")
 
+    def program_from_code(self, code: str, style: Style) -> str:
+        """The program for code already taken out of an answer (`cut_completion`'s or `code_from_response`'s)."""
+        if style == "completion":
+            return self.program_for(self.prompt + code)
+        if style == "chat":
+            return self.program_for(with_prefix(self.code_prefix, code))
+        raise ValueError(f"style must be 'chat' or 'completion', got {style!r}")
+
+    def to_label(self) -> str:
+        """The problem as a label string (JSON): what a code reward or evaluation needs to run an answer's
+        tests; no reference solution."""
+        fields = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
+                  if field.name != "canonical_solution"}
+        return json.dumps({LABEL_KEY: LABEL_VERSION, **fields}, ensure_ascii=False)
+
+    @classmethod
+    def from_label(cls, label: str) -> "CodeProblem":
+        """The problem a `to_label` string holds; ValueError naming what is wrong for anything else."""
+        try:
+            fields = json.loads(label)
+        except (TypeError, ValueError):
+            fields = None
+        if not isinstance(fields, dict) or fields.pop(LABEL_KEY, None) != LABEL_VERSION:
+            raise ValueError(f"not a code problem label (a CodeProblem.to_label string): {str(label)[:80]!r}")
+        if fields.get("test_list") is not None:
+            fields["test_list"] = tuple(fields["test_list"])
+        return cls(**fields)
+
     def guarded_entry_point(self) -> str | None:
         return self.entry_point if self.plain_returns else None
 
@@ -90,10 +119,40 @@ def partial_credit(problem: CodeProblem, answer: str, style: Style = "chat", tim
 
 # --- HumanEval ---------------------------------------------------------------------------------------------
 
+def split_check(test: str) -> list[str] | None:
+    """HumanEval's tests one by one: for each statement of `check`'s body that holds an assert, the test
+    source with `check` reduced to that statement and the statements without an assert before it (imports,
+    set-up). None when the source does not split cleanly (no `check`, statements sharing a line, < 2 tests)."""
+    try:
+        tree = ast.parse(test)
+    except SyntaxError:
+        return None
+    check = next((node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "check"), None)
+    if check is None or check.body[0].lineno <= check.lineno:
+        return None
+    lines = test.splitlines(keepends=True)
+    spans = [(node.lineno, node.end_lineno) for node in check.body]
+    if any(end >= start for (_, end), (start, _) in zip(spans, spans[1:])):
+        return None
+    head, tail = "".join(lines[:check.body[0].lineno - 1]), "".join(lines[check.end_lineno:])
+    setup, tests = [], []
+    for node, (start, end) in zip(check.body, spans):
+        source = "".join(lines[start - 1:end])
+        if any(isinstance(inner, ast.Assert) for inner in ast.walk(node)):
+            tests.append(head + "".join(setup) + source + tail)
+        else:
+            setup.append(source)
+    return tests if len(tests) >= 2 else None
+
+
 def humaneval_problem(record: dict[str, Any]) -> CodeProblem:
+    """test_list: each assert of `check` on its own (`split_check`), for partial credit and outcome signatures."""
     entry_point = record["entry_point"]
+    call = f"\n\ncheck({entry_point})\n"
+    split = split_check(record["test"])
     return CodeProblem(task_id=str(record.get("task_id", entry_point)), prompt=record["prompt"],
-                       tests=f"{record['test']}\n\ncheck({entry_point})\n", entry_point=entry_point, layout="humaneval",
+                       tests=record["test"] + call, entry_point=entry_point, layout="humaneval",
+                       test_list=tuple(test + call for test in split) if split else None,
                        code_prefix=record["prompt"], canonical_solution=record.get("canonical_solution"))
 
 
@@ -193,7 +252,7 @@ LAYOUTS = {
     "mbpp": ({"test_list"}, mbpp_problem),
     "livecodebench": ({"question_content", "public_test_cases"}, livecodebench_problem),
 }
-_EXPECTED = ("HumanEval (prompt, test, entry_point), MBPP (text or prompt, test_list) or "
+EXPECTED_LAYOUTS = ("HumanEval (prompt, test, entry_point), MBPP (text or prompt, test_list) or "
              "LiveCodeBench (question_content, public_test_cases)")
 
 
@@ -210,11 +269,19 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     raise ValueError(f"{path}: expected a .jsonl, .jsonl.gz or .parquet file")
 
 
-def detect_layout(path: Path, fields: set[str]) -> str:
+def layout_of(fields: set[str]) -> str | None:
+    """The code layout a record with these fields is in, or None."""
     for layout, (required, _) in LAYOUTS.items():
         if required <= fields and (layout != "mbpp" or fields & {"text", "prompt"}):
             return layout
-    raise ValueError(f"{path}: cannot tell the layout from its fields {sorted(fields)}; expected {_EXPECTED}")
+    return None
+
+
+def detect_layout(path: Path, fields: set[str]) -> str:
+    layout = layout_of(fields)
+    if layout is None:
+        raise ValueError(f"{path}: cannot tell the layout from its fields {sorted(fields)}; expected {EXPECTED_LAYOUTS}")
+    return layout
 
 
 def load_problems(path: str | Path) -> list[CodeProblem]:

@@ -1,7 +1,8 @@
 """Final answers: how a task's responses state them and when two are the same.
 
 An `AnswerFormat` pairs `extract(response) -> answer or None` with `equivalent(answer, reference)`.
-Configs name one (`data.answer_format: math`); a task adds its own with `register_answer_format`.
+Configs name one (`data.answer_format: math`); a task adds its own with `register_answer_format`. The code
+formats (`code`, `code_completion`: programs run against the tests) are in `rlif.code.grading`.
 
 The "math" format (GSM8K, MATH, MATH-500, arithmetic tasks):
 - extract: the last \\boxed{...} (balanced braces), else the text after the last "####", else the text
@@ -26,7 +27,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Callable
+from typing import Callable, Sequence
 
 from math_verify import LatexExtractionConfig, parse, verify
 
@@ -157,6 +158,15 @@ class AnswerFormat:
     def is_correct(self, response: str, reference: str | None) -> bool:
         return self.equivalent(self.extract(response), reference)
 
+    def grade(self, responses: Sequence[str], references: Sequence[str | None],
+              answers: Sequence[str | None] | None = None) -> list[dict]:
+        """Per response, what checking it gives: its `answer` (what votes) and `correct`, for evaluation records
+        and `Rollout.correct`. `answers`: the responses' extracted answers when already known. A format whose
+        check is costly overrides this to check all responses at once (code: `rlif.code.grading`)."""
+        if answers is None:
+            answers = [self.extract(response) for response in responses]
+        return [{"answer": answer, "correct": self.equivalent(answer, reference)} for answer, reference in zip(answers, references)]
+
 
 def answer_clusters(answers: list[str | None], equivalent: Callable[[str | None, str | None], bool]) -> list[int | None]:
     """Cluster id of each answer (equivalent answers share one; the first member is the representative); None for no answer."""
@@ -203,7 +213,7 @@ def register_answer_format(answer_format: AnswerFormat) -> AnswerFormat:
 MATH = register_answer_format(AnswerFormat("math", extract_answer, answers_match))
 
 # Formats defined in modules that are imported only when a config names them (importing registers them).
-_LAZY_FORMATS = {"arithmetic": "rlif.testbed.task"}
+_LAZY_FORMATS = {"arithmetic": "rlif.testbed.task", "code": "rlif.code.grading", "code_completion": "rlif.code.grading"}
 
 
 def get_answer_format(name: str) -> AnswerFormat:

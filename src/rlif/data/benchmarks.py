@@ -1,10 +1,12 @@
 """Evaluation benchmarks: which file, which fields, how the reference answer is read, which answer format.
 
 Built in (bundled with the package, licenses kept): `gsm8k` (GSM8K test, 1,319 problems; the reference is
-the text after `####`) and `math500` (MATH-500, 500 problems; the reference is the `answer` field, the
-last \\boxed{} of the solution). Any JSONL/Parquet file with a prompt and a label field is a benchmark too
-(`rlif eval --benchmark my_task.jsonl --prompt-field prompt --label-field answer --answer-format math`),
-and a task package adds a named one with `register_benchmark`.
+the text after `####`), `math500` (MATH-500, 500 problems; the reference is the `answer` field, the
+last \\boxed{} of the solution) and `humaneval` (HumanEval, 164 problems; the label is the tests, answers are
+programs run in a sandbox: `rlif.code.grading`). Any JSONL/Parquet file with a prompt and a label field is a
+benchmark too (`rlif eval --benchmark my_task.jsonl --prompt-field prompt --label-field answer --answer-format
+math`); a file in a code layout (HumanEval, MBPP, LiveCodeBench) is a code benchmark, told from its fields
+(or `--answer-format code`). A task package adds a named one with `register_benchmark`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from rlif.data.prompts import LABEL_FORMATS, PromptRecord, gsm8k_reference, load_prompts
+from rlif.data.prompts import CODE_LABEL_FIELD, LABEL_FORMATS, PromptRecord, gsm8k_reference, is_code_file, is_code_format, load_task_prompts
 from rlif.errors import DataError
 
 DATA_DIR = Path(__file__).parent / "benchmark_data"
@@ -31,8 +33,8 @@ class Benchmark:
 
     def load(self, limit: int = 0) -> list[PromptRecord]:
         """The first `limit` problems (0: all), validated, with their reference answers."""
-        problems = load_prompts(self.path, self.prompt_field, self.label_field, reference=self.reference,
-                                label_hint="name the answer field with --label-field")
+        problems = load_task_prompts(self.path, self.prompt_field, self.label_field, self.answer_format,
+                                     reference=self.reference, label_hint="name the answer field with --label-field")
         return problems[:limit] if limit else problems
 
 
@@ -46,6 +48,10 @@ def register_benchmark(benchmark: Benchmark) -> Benchmark:
 
 register_benchmark(
     Benchmark("gsm8k", DATA_DIR / "gsm8k" / "test.jsonl", "question", "answer", "math", gsm8k_reference, "GSM8K test (1,319 grade-school word problems)")
+)
+register_benchmark(
+    Benchmark("humaneval", DATA_DIR / "humaneval" / "test.jsonl", "prompt", CODE_LABEL_FIELD, "code", None,
+              "HumanEval (164 Python functions; each answer runs against the unit tests in a sandbox)")
 )
 register_benchmark(
     Benchmark("math500", DATA_DIR / "math500" / "test.jsonl", "problem", "answer", "math", None, "MATH-500 (500 competition problems, LaTeX answers)")
@@ -66,7 +72,9 @@ def get_benchmark(name_or_path: str, *, prompt_field: str | None = None, label_f
             raise DataError(f"benchmark file {name_or_path} is a directory; expected a .jsonl or .parquet file")
         if not Path(name_or_path).is_file():
             raise DataError(f"benchmark file {name_or_path} does not exist")
-        benchmark = Benchmark(Path(name_or_path).stem, Path(name_or_path), "prompt", "answer")
+        path = Path(name_or_path)
+        code = is_code_format(answer_format) if answer_format is not None else is_code_file(path)
+        benchmark = Benchmark(path.stem, path, "prompt", CODE_LABEL_FIELD if code else "answer", "code" if code else "math")
     else:
         raise DataError(
             f"unknown benchmark {name_or_path!r}: expected one of {', '.join(sorted(BENCHMARKS))} or a .jsonl/.parquet file"

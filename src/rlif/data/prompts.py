@@ -1,7 +1,8 @@
 """Prompt datasets (JSONL or Parquet) and prompt rendering.
 
 Every record is checked when the file is loaded, before any model is touched: a malformed line
-fails with the file, the line number and what was expected.
+fails with the file, the line number and what was expected. With a code answer format the file is a
+code benchmark (HumanEval, MBPP or LiveCodeBench layout) whose tests are the labels (`load_code_prompts`).
 """
 
 from __future__ import annotations
@@ -10,8 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from rlif.code.grading import CodeAnswerFormat
+from rlif.code.problems import EXPECTED_LAYOUTS, LAYOUTS, layout_of
 from rlif.data import jsonl
+from rlif.data.answers import get_answer_format
 from rlif.errors import DataError
+
+CODE_LABEL_FIELD = "tests"  # the label of a code problem: its tests
 
 if TYPE_CHECKING:
     from rlif.config import DataConfig
@@ -92,6 +98,57 @@ def load_prompts(
     return prompts
 
 
+def load_task_prompts(path: str | Path, prompt_field: str, label_field: str | None, answer_format: str,
+                      **options) -> list[PromptRecord]:
+    """`load_prompts` (with its `options`), or with a code answer format `load_code_prompts` (the tests are the labels)."""
+    if is_code_format(answer_format):
+        return load_code_prompts(path, prompt_field, label_field)
+    return load_prompts(path, prompt_field, label_field, **options)
+
+
+def is_code_format(name: str) -> bool:
+    """Whether the answer format `name` runs programs (`code`, `code_completion` or a CodeAnswerFormat of one's own)."""
+    try:
+        return isinstance(get_answer_format(name), CodeAnswerFormat)
+    except (KeyError, ImportError, AttributeError, TypeError):
+        return False
+
+
+def is_code_file(path: str | Path) -> bool:
+    """Whether a .jsonl/.parquet file is in a code benchmark layout (HumanEval, MBPP or LiveCodeBench), by its first record."""
+    records = read_records(path)
+    return bool(records) and layout_of(set(records[0][1])) is not None
+
+
+def load_code_prompts(path: str | Path, prompt_field: str = "prompt", label_field: str | None = CODE_LABEL_FIELD) -> list[PromptRecord]:
+    """The problems of a file in a code layout (HumanEval, MBPP or LiveCodeBench: `rlif.code.problems`) as prompts:
+    the prompt is the problem's (HumanEval's prompt; MBPP's text and asserts; LiveCodeBench's question and starter
+    code), the label its tests (`CodeProblem.to_label`), or none with label_field null. With label_field null a file
+    in no code layout is read as plain prompts (`prompt_field`): code prompts without tests, for label-free rewards."""
+    records = read_records(path)
+    if not records:
+        raise DataError(f"{path}: no records")
+    layout = layout_of(set(records[0][1]))
+    if layout is None and label_field is None:
+        return load_prompts(path, prompt_field, None)
+    if layout is None:
+        raise DataError(f"{records[0][0]}: not a code benchmark (fields: {', '.join(sorted(records[0][1]))}); expected "
+                        f"{EXPECTED_LAYOUTS}, or label_field null for prompts without tests")
+    if prompt_field != "prompt" or label_field not in (CODE_LABEL_FIELD, None):
+        raise DataError(f"{path} ({layout} layout): a code problem's prompt is its statement and its label its tests: "
+                        f"expected prompt_field 'prompt' and label_field {CODE_LABEL_FIELD!r} (or null: no labels), "
+                        f"got {prompt_field!r} and {label_field!r}")
+    make = LAYOUTS[layout][1]
+    prompts = []
+    for where, record in records:
+        try:
+            problem = make(record)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise DataError(f"{where}: not a {layout} problem: {error!r}") from None
+        prompts.append(PromptRecord(prompt=problem.prompt, label=problem.to_label() if label_field else None, source=where))
+    return prompts
+
+
 def render_prompt(
     tokenizer,
     prompt: str,
@@ -124,7 +181,8 @@ class TrainingPrompts:
 
 def prepare_prompts(data: DataConfig, tokenizer, path: str, limit: int = 0) -> TrainingPrompts:
     """Load, validate and render the prompts of `path` as the data section says; drop overlong ones."""
-    records = load_prompts(path, data.prompt_field, data.label_field, reference=LABEL_FORMATS[data.label_format])
+    records = load_task_prompts(path, data.prompt_field, data.label_field, data.answer_format,
+                                reference=LABEL_FORMATS[data.label_format])
     if limit:
         records = records[:limit]
     kept, rendered = [], []

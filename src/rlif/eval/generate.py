@@ -89,11 +89,14 @@ def generate_records(
                 temperature=1.0 if greedy else temperature,
             )
         ref_logprobs = masked_mean(ref_signals.logprobs, response_mask)  # (rows,)
+    responses = [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in samples.responses]
+    # all at once: a code format runs the programs in parallel sandboxes
+    graded = answer_format.grade(responses, [problems[row // n].label for row in range(len(responses))])
     records = []
     for row, tokens in enumerate(samples.responses):
         i, j = divmod(row, n)
-        response = tokenizer.decode(tokens, skip_special_tokens=True)
-        answer = answer_format.extract(response)
+        response = responses[row]
+        check = dict(graded[row])
         records.append(
             {
                 "problem": problem_ids[i],
@@ -101,8 +104,8 @@ def generate_records(
                 "prompt": problems[i].prompt,
                 "label": problems[i].label,
                 "response": response,
-                "answer": answer,
-                "correct": answer_format.equivalent(answer, problems[i].label),
+                "answer": check.pop("answer"),
+                "correct": check.pop("correct"),
                 "self_certainty": samples.self_certainty[row].item(),
                 "entropy": samples.entropy[row].item(),
                 "mean_logprob": samples.logprob[row].item(),
@@ -110,6 +113,7 @@ def generate_records(
                 "truncated": samples.truncated[row],
             }
         )
+        records[-1].update(check)  # what else the check gives (code: the program, its status, isolation, ...)
         if ref_logprobs is not None:
             records[-1]["ref_logprob"] = ref_logprobs[row].item()
         if answer_format.describe is not None:

@@ -17,6 +17,16 @@ position), so the resumed responses are the ones an uninterrupted run would have
 When the model is a training run (its folder, or one of its checkpoints), the prompt is rendered exactly
 as training rendered it: template, system prompt and chat template come from the run's config.yaml, as do
 the sampling temperature, top-p and token limit unless given on the command line.
+
+Code benchmarks (`humaneval`, or a file in the HumanEval, MBPP or LiveCodeBench layout) take the same path:
+their answer format (`rlif.code.grading`) runs each chunk's programs against the tests in parallel sandboxes
+as part of checking them, and a record gets, besides `correct` (every test passed) and `answer` (the
+test-outcome signature, what majority vote and Borda group by), the program, its status and detail,
+tests_passed and the isolation its run had. Style: chat (the prompt as a user message in the chat template,
+the program from the last fenced python block) when the prompt goes through a chat template (by default
+when the tokenizer has one), else completion (the model continues the prompt); `--code-style` chooses.
+Without a run's or the command line's settings, a code benchmark has no system prompt, 512 new tokens, and in
+chat style the user message `CODE_CHAT_PROMPT_TEMPLATE` (the prompt in a python block, and what to answer with).
 """
 
 from __future__ import annotations
@@ -26,18 +36,19 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import yaml
 from tqdm.auto import tqdm
 
+from rlif.code.grading import CODE_FORMATS, CodeAnswerFormat
 from rlif.config import DEFAULT_SYSTEM_PROMPT, Config, DataConfig, RolloutConfig
 from rlif.data import jsonl
 from rlif.data.answers import get_answer_format
 from rlif.data.benchmarks import get_benchmark
-from rlif.data.prompts import read_records, render_prompt
+from rlif.data.prompts import is_code_format, read_records, render_prompt
 from rlif.errors import EvalError
 from rlif.eval.generate import generate_records
 from rlif.eval.records import SELECTION_FIELDS, append_records, check_fields, load_finished
@@ -80,11 +91,13 @@ class EvalSettings:
     label_field: str | None = None
     """Field holding the reference answer (None: the benchmark's own; `answer` for a file)."""
     answer_format: str | None = None
-    """How answers are extracted and compared, an `rlif.answers` format (None: the benchmark's own; `math` for a file)."""
+    """How answers are extracted and compared, an `rlif.answers` format (None: the benchmark's own; `math` for a file, `code` for a file in a code layout)."""
     label_format: str | None = None
     """How the reference is read from the label field, as data.label_format: as_is or gsm8k (None: the benchmark's own; the run's for a file)."""
-    prompt_template: str = DataConfig.prompt_template
-    """Template of the user message; `{prompt}` is replaced by the problem text."""
+    code_style: str | None = None
+    """Code benchmarks: `chat` (the prompt as a user message in the chat template, the program from the last fenced python block) or `completion` (the model continues the prompt, no chat template). None: chat when the tokenizer has a chat template."""
+    prompt_template: str | None = DataConfig.prompt_template
+    """Template of the user message; `{prompt}` is replaced by the problem text (None, code benchmarks only: `CODE_CHAT_PROMPT_TEMPLATE` in chat style, the bare prompt in completion style)."""
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
     """System message for the chat template (None: none)."""
     chat_template: bool | None = None
@@ -177,6 +190,14 @@ def resolve_settings(model: str, benchmark: str | None, output_dir: str, *, conf
         values[key] = value
     if overridden:
         print(f"note: overriding the run's settings: {', '.join(overridden)}", file=sys.stderr)
+    if is_code_format(resolved.answer_format):
+        values = {**CODE_DEFAULTS, **values}
+        if fields["answer_format"] is not None:  # a format given (or the run's) says the style too: code_completion
+            style = get_answer_format(fields["answer_format"]).style
+            if values.get("code_style") not in (None, style):
+                raise EvalError(f"answer format {fields['answer_format']} takes {style}-style programs, "
+                                f"but --code-style is {values['code_style']}")
+            values["code_style"] = style
     values.update(prompt_field=resolved.prompt_field, label_field=resolved.label_field, answer_format=resolved.answer_format,
                   label_format=fields["label_format"])
     settings = EvalSettings(model=model_path, benchmark=benchmark, output_dir=output_dir, run_dir=str(config or run_dir or "") or None)
@@ -184,6 +205,17 @@ def resolve_settings(model: str, benchmark: str | None, output_dir: str, *, conf
         setattr(settings, key, value)
     validate(settings)
     return settings
+
+
+# A code benchmark's defaults where neither the command line nor the run says otherwise: no system prompt (the
+# default one asks for a \boxed{} answer) and 512 new tokens (HumanEval's functions are short; the chat answers of
+# a small model that loops would otherwise run to the rollout default of 3072).
+CODE_DEFAULTS = {"system_prompt": None, "max_new_tokens": 512, "prompt_template": None}
+# The user message of chat style by default (completion style continues the bare prompt): the prompt in a python
+# block and what to answer with. SmolLM2-135M-Instruct given the bare prompt as its user message often answers with
+# code, then a closing fence, then prose, and runs to the token limit more often (first 32 HumanEval problems,
+# greedy, 384 tokens: 3 passed, 16 truncated, bare; 6 passed, 6 truncated, with an earlier wording of this one).
+CODE_CHAT_PROMPT_TEMPLATE = "Complete the following Python code. Write the whole function in one ```python code block.\n\n```python\n{prompt}\n```"
 
 
 def is_benchmark_file(benchmark: str) -> bool:
@@ -201,7 +233,8 @@ def validate(settings: EvalSettings) -> None:
         (settings.decode in DECODE_MODES, "--decode", settings.decode, f"one of {', '.join(DECODE_MODES)}"),
         (settings.cpu_threads >= 0, "--cpu-threads", settings.cpu_threads, "0 (torch's default) or a positive integer"),
         (settings.borda_p is None or 0 <= settings.borda_p < math.inf, "--borda-p", settings.borda_p, "a non-negative finite number"),
-        ("{prompt}" in settings.prompt_template, "--prompt-template", settings.prompt_template, "a template containing {prompt}"),
+        (settings.code_style in (None, *CODE_FORMATS), "--code-style", settings.code_style, "chat or completion"),
+        (settings.prompt_template is None or "{prompt}" in settings.prompt_template, "--prompt-template", settings.prompt_template, "a template containing {prompt}"),
     ]
     for ok, name, value, expected in checks:
         if not ok:
@@ -270,10 +303,14 @@ def run_eval(settings: EvalSettings) -> dict:
         answer_format = get_answer_format(benchmark.answer_format)
     except (KeyError, ImportError, AttributeError, TypeError) as error:
         raise EvalError(f"answer format {benchmark.answer_format!r}: {error.args[0] if error.args else error}") from None
-    problems = benchmark.load(settings.limit)
+    problems = benchmark.load(settings.limit)  # bad data fails before any model file is read
     tokenizer = load_tokenizer(settings.model)
+    has_chat_template = bool(getattr(tokenizer, "chat_template", None))
+    if isinstance(answer_format, CodeAnswerFormat):  # the style may follow the tokenizer; the problems do not
+        answer_format = choose_code_style(settings, answer_format, has_chat_template)
+        benchmark = replace(benchmark, answer_format=answer_format.name)
     if settings.chat_template is None:
-        settings.chat_template = bool(getattr(tokenizer, "chat_template", None))
+        settings.chat_template = has_chat_template
     output = Path(settings.output_dir)
     generation = generation_settings(settings, benchmark, settings.model)
     check_output_dir(output, generation)
@@ -339,6 +376,27 @@ def run_eval(settings: EvalSettings) -> dict:
     summary["elapsed_s"] = round(time.perf_counter() - started, 1)
     write_summary(output, records, summary, title=f"{Path(settings.model).name} on {benchmark.name}")
     return summary
+
+
+def choose_code_style(settings: EvalSettings, answer_format: CodeAnswerFormat, has_chat_template: bool) -> CodeAnswerFormat:
+    """The code format of the evaluation's style: `--code-style` (or an explicit `--answer-format`), else chat
+    when the prompt goes through a chat template (`--chat-template`, else the tokenizer has one), else
+    completion. Sets settings.code_style, settings.answer_format and, when not given, settings.chat_template
+    (on for chat style when the tokenizer has one; off for completion style) and settings.prompt_template."""
+    if settings.code_style is None:
+        templated = settings.chat_template if settings.chat_template is not None else has_chat_template
+        settings.code_style = "chat" if templated else "completion"
+    if settings.chat_template is None:
+        settings.chat_template = settings.code_style == "chat" and has_chat_template
+    if settings.prompt_template is None:
+        settings.prompt_template = CODE_CHAT_PROMPT_TEMPLATE if settings.code_style == "chat" else "{prompt}"
+    if answer_format.style != settings.code_style:
+        if answer_format.name not in {fmt.name for fmt in CODE_FORMATS.values()}:
+            raise EvalError(f"answer format {answer_format.name!r} takes {answer_format.style}-style programs, "
+                            f"but --code-style is {settings.code_style!r}")
+        answer_format = CODE_FORMATS[settings.code_style]
+    settings.answer_format = answer_format.name
+    return answer_format
 
 
 def write_summary(output: Path, records: list[dict], summary: dict, title: str = "") -> list[Path]:

@@ -16,6 +16,10 @@ The methods the INTUITOR paper compares, by reward name:
   negative_entropy        RENT: minus the mean token entropy
   random                  control: a uniform number fixed by the rollout's tokens
   weighted                a weighted sum of group-normalized rewards (`reward.weights`)
+And on code prompts (`data.answer_format: code` or `code_completion`; the label is the problem's tests):
+  code_tests              GRPO on code: the share of the problem's tests the program passes (uses labels)
+  code_tests_all          GRPO on code: 1 when the program passes every test, else 0 (uses labels)
+(INTUITOR on code is `self_certainty` as it is: it needs no tests, and never sees them.)
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from typing import Callable, Protocol
 import torch
 from torch import Tensor
 
-from rlif.data.answers import plurality
+from rlif.code.grading import CodeAnswerFormat, CodeOutcome
+from rlif.data.answers import AnswerFormat, plurality
 from rlif.errors import ConfigError
 from rlif.rl.loss import group_advantages
 from rlif.rl.rollout import Rollout
@@ -169,6 +174,38 @@ def random_reward(rollout: Rollout) -> Tensor:
         key = f"{prompt}|{response}|{row % rollout.group_size}".encode()
         values.append(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") / 2.0**64)
     return torch.tensor(values, dtype=torch.float64).float()  # (N,)
+
+
+def code_outcomes(rollout: Rollout, per_test: bool) -> list[CodeOutcome]:
+    """Each response's program run against its problem's tests, in parallel sandboxes (`rlif.code.grading`)."""
+    if not isinstance(rollout.answer_format, CodeAnswerFormat):
+        raise ValueError(f"a code reward needs a code answer format (data.answer_format: code or code_completion), "
+                         f"got {rollout.answer_format.name!r}")
+    return rollout.answer_format.outcomes(rollout.completions, rollout.labels, rollout.answers, per_test=per_test)
+
+
+@register("code_tests", uses_labels=True)
+def code_tests_reward(rollout: Rollout) -> Tensor:
+    """GRPO on code: the share of the problem's tests the response's program passes (each test also alone)."""
+    return torch.tensor([outcome.tests_passed for outcome in code_outcomes(rollout, per_test=True)], dtype=torch.float32)
+
+
+@register("code_tests_all", uses_labels=True)
+def code_tests_all_reward(rollout: Rollout) -> Tensor:
+    """GRPO on code: 1 if the response's program passes all the problem's tests, else 0."""
+    return torch.tensor([float(outcome.passed) for outcome in code_outcomes(rollout, per_test=False)])
+
+
+code_tests_reward.needs_code = code_tests_all_reward.needs_code = True
+
+
+def check_answer_format(reward: Reward, answer_format: AnswerFormat) -> None:
+    """Refuse, before any model is loaded, a code reward (or a weighted sum holding one) without a code answer format."""
+    components = [component for component, _ in reward.components.values()] if isinstance(reward, WeightedSum) else [reward]
+    for component in components:
+        if getattr(component, "needs_code", False) and not isinstance(answer_format, CodeAnswerFormat):
+            raise ConfigError(f"config field reward.name = {component.name!r} runs programs against tests: it needs "
+                              f"data.answer_format code or code_completion, got {answer_format.name!r}")
 
 
 class WeightedSum:

@@ -62,9 +62,10 @@ class Rollout:
         return self.response_mask.sum(-1)  # (N,)
 
     def correct(self) -> Tensor:
-        """(N,) 1.0 where the extracted answer equals the label (reads the labels)."""
-        equivalent = self.answer_format.equivalent
-        return torch.tensor([float(equivalent(a, label)) for a, label in zip(self.answers, self.labels)])
+        """(N,) 1.0 where the response is right by its label (reads the labels): for math, the extracted answer
+        equals it; for code, the program passes the tests (`AnswerFormat.grade`, all responses at once)."""
+        graded = self.answer_format.grade(self.completions, self.labels, self.answers)
+        return torch.tensor([float(row["correct"]) for row in graded])
 
     def without_labels(self, reward_name: str) -> "Rollout":
         return dataclasses.replace(self, labels=HiddenLabels(reward_name))

@@ -60,7 +60,7 @@ from rlif.rl.distributed import (
     sampling_model,
 )
 from rlif.rl.reference import build_reference
-from rlif.rl.rewards import build_reward
+from rlif.rl.rewards import build_reward, check_answer_format
 from rlif.rl.step import StepPrompts, TrainState, cached_casts, sample_records, sync_engine, train_step
 from rlif.runs import trackers
 from rlif.runs.checkpoint_choice import StopDecision, eval_points, stop_decision
@@ -275,6 +275,7 @@ def set_up(config: Config) -> tuple[Path, Run | None]:
     reward = build_reward(config.reward.name, config.reward.weights)
     if reward.uses_labels and config.data.label_field is None:
         raise ConfigError(f"config field reward.name = {reward.name!r} needs labels, but data.label_field is null")
+    check_answer_format(reward, get_answer_format(config.data.answer_format))
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
     prompts = prepare_prompts(config.data, tokenizer, config.data.path)
     if (warning := worked_solution_warning(prompts.records, config.data)) and accelerator.is_main_process:

@@ -133,9 +133,11 @@ def prepare_run_dir(config: Config, accelerator) -> Path:
                 save_config(config, saved)
             accelerator.wait_for_everyone()
         return run_dir
+    occupied = run_dir.exists() and any(run_dir.iterdir())  # seen by every process before process 0 writes there
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         check_writable(run_dir)  # before any model is loaded
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if occupied:
         if not config.run.overwrite:
             raise ConfigError(
                 f"config field run.output_dir = {str(run_dir)!r}: the folder is not empty; "

@@ -37,6 +37,7 @@ OVERRIDES = [
     "train.steps=6", "train.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=40",
     "eval.limit=8", "eval.num_samples=2", "eval.every=3", "eval.max_new_tokens=40",
     "run.save_every=2", "run.keep_checkpoints=2", "run.sample_every=2", "run.progress=false",
+    "run.stop_rule=none",  # every phase at every step (the main job's rule may stop it at step 3); tests/test_stop_rule.py resumes stopped runs
 ]
 PHASES = ["generation", "scoring", "update", "evaluation", "checkpoint save", "final report"]
 

@@ -3,6 +3,7 @@ checkpoint, damaged or moved runs resumed. Each test reproduces what failed befo
 folder, a pickle that ran, a silently wrong score)."""
 
 import errno
+import importlib.util
 import json
 import os
 import pickle
@@ -36,19 +37,15 @@ from rlif.testbed.tiny import tiny_causal_lm
 
 REPO = Path(__file__).resolve().parents[1]
 
-REWARDS = '''
-import torch
-from rlif.rl.rewards import self_certainty_reward
 
-def strings(rollout):
-    return ["good"] * rollout.response_ids.shape[0]
+def _bad_inputs():
+    spec = importlib.util.spec_from_file_location("bad_inputs", REPO / "scripts" / "bad_inputs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-def too_few(rollout):
-    return torch.zeros(3)
 
-def nan_reward(rollout):
-    return self_certainty_reward(rollout) / 0.0 * 0.0
-'''
+REWARDS = _bad_inputs().REWARDS  # the rewards that return strings, too few values, NaN: the same as the table's
 
 
 class WritesAFile:

@@ -79,6 +79,10 @@ def test_compare_runs_every_method_and_seed_then_skips_them(tmp_path, tiny_model
     capsys.readouterr()
     assert main(["compare", str(spec), "--no-progress"]) == 0  # everything complete: nothing retrained
     assert capsys.readouterr().out.count("complete, skipped") == 4
+    (out / "sc-acc" / "seed_1" / "report.md").unlink()  # as if still training: left out of the table
+    assert main(["compare", str(spec), "--aggregate-only"]) == 0
+    table = (out / "comparison.md").read_text()
+    assert "| SC + acc. (1 of 2 seeds) |" in table and "| INTUITOR |" in table
 
 
 def test_compare_validates_every_run_before_starting(tmp_path, tiny_model_dir, addition_data, capsys):

@@ -85,7 +85,7 @@ def _digit_share(responses):
 
 
 def test_the_rule_chose_the_scaffolded_format():
-    """docs-draft/second-world.md: the first rung whose step-by-step digit share is at most the direct one's minus 0.05."""
+    """docs/testbed.md, "A second world": the first rung whose step-by-step digit share is at most the direct one's minus 0.05."""
     problems = held_out_problems()
     direct = _digit_share([direct_response(p) for p in problems])
     shares = [_digit_share([step_response(p, world=w) for p in problems]) for w in (COLUMNS, *SCAFFOLD_LADDER)]
@@ -169,7 +169,7 @@ def test_shipped_scaffolded_model_matches_its_world():
 
 @pytest.mark.skipif(not SCAFFOLDED.model_dir.exists(), reason="the scaffolded base model is not built")
 def test_style_certainty_script_in_the_scaffolded_world(capsys):
-    """The premise of the second world (docs-draft/second-world.md): under its base model the correct step-by-step
+    """The premise of the second world (docs/testbed.md, "A second world"): under its base model the correct step-by-step
     answers are the more self-certain ones, and hold the smaller share of digits."""
     import importlib.util
 

@@ -32,7 +32,7 @@ MAIN_JOB = REPO / "configs" / "testbed" / "intuitor.yaml"
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """One torch thread: on a shared 2-core machine two threads spin-wait on each other (docs-draft/vllm.md)."""
+    """One torch thread: on a shared 2-core machine two threads spin-wait on each other (docs/vllm-engine.md)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

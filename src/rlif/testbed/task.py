@@ -17,7 +17,7 @@ the fixed `TEST_SEED`, and every other split excludes them.
 
 Worlds (`World`, `WORLDS`): the same problems, prompts, styles and errors, with the column lines written differently.
 `columns` (the default, the shipped `base_model/`) writes them as above; `scaffolded` (`base_model_scaffolded/`) adds
-predictable non-digit scaffolding, chosen by the rule in `SCAFFOLDED`'s comment (docs-draft/second-world.md).
+predictable non-digit scaffolding, chosen by the rule in `SCAFFOLDED`'s comment (docs/testbed.md, "A second world").
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ tests/test_docs.py runs the main job and checks the figures in README.md and doc
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -145,3 +146,6 @@ if __name__ == "__main__":
         for path, text in render_main_job(Path(sys.argv[at + 1]), Path(sys.argv[at + 2])).items():
             path.write_text(text)
             print(f"updated {path}")
+        figure = REPO / "docs" / "testbed" / "main-job-eval.png"  # the held-out curves docs/testbed.md shows
+        shutil.copyfile(Path(sys.argv[at + 2]) / "plots" / "eval.png", figure)
+        print(f"updated {figure}")

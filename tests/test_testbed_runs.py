@@ -127,3 +127,10 @@ def test_checkpoint_rules_on_hand_built_series():
     # Without sampled answers, the rules that need them are left out rather than guessing.
     greedy_only = [{"step": 0, "eval/greedy/accuracy": 0.5}, {"step": 10, "eval/greedy/accuracy": 0.6}]
     assert set(choose(greedy_only)) == {"last"}
+
+
+def test_plot_grids_use_few_rows_without_a_column_of_one():
+    from rlif.runs.plots import grid_layout
+
+    expected = {(7, 4): (2, 4), (8, 4): (2, 4), (9, 4): (3, 3), (5, 3): (2, 3), (6, 3): (2, 3), (2, 4): (1, 2), (1, 3): (1, 1)}
+    assert {args: grid_layout(*args) for args in expected} == expected

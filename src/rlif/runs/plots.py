@@ -64,7 +64,7 @@ def plot_training(records: list[dict], path: Path, title: str) -> Path | None:
 
 
 def plot_evaluation(records: list[dict], features: Sequence[str], path: Path, title: str) -> Path | None:
-    return plot_panels(records, evaluation_panels(features), path, title=f"{title}: held-out evaluation")
+    return plot_panels(records, evaluation_panels(features), path, title=f"{title}: held-out evaluation", max_columns=4)
 
 
 def _series(records: list[dict], key: str) -> tuple[list[float], list[float]]:
@@ -72,10 +72,11 @@ def _series(records: list[dict], key: str) -> tuple[list[float], list[float]]:
     return [p[0] for p in points], [float(p[1]) for p in points]
 
 
-def _layout(count: int, max_columns: int) -> tuple[int, int]:
-    """(rows, columns) for `count` panels: the fewest empty slots, then the fewest rows."""
-    best = min(range(1, max_columns + 1), key=lambda c: ((-count) % c, -(-count // c), -c))
-    return -(-count // best), best
+def grid_layout(count: int, max_columns: int) -> tuple[int, int]:
+    """(rows, columns) for `count` panels: the fewest rows of at most `max_columns`, then as few columns as fill them
+    (7 panels in 4 columns: 2 x 4; 5 in 3: 2 x 3)."""
+    rows = -(-count // max_columns)
+    return rows, -(-count // rows)
 
 
 def plot_panels(records: list[dict], panels: list[Panel], path: Path, title: str = "", max_columns: int = 3) -> Path | None:
@@ -97,8 +98,11 @@ def plot_panels(records: list[dict], panels: list[Panel], path: Path, title: str
         drawn.append((name, ylabel, lines))
     if not drawn:
         return None
-    rows, columns = _layout(len(drawn), max_columns)
-    figure = Figure(figsize=(4.4 * columns, 3.1 * rows + (0.4 if left_out else 0)), layout="constrained")
+    rows, columns = grid_layout(len(drawn), max_columns)
+    note = 0.4 if left_out else 0.0  # inches kept free below the panels for the "not drawn" line
+    height = 3.1 * rows + note
+    figure = Figure(figsize=(4.4 * columns, height), layout="constrained")
+    figure.get_layout_engine().set(rect=(0, note / height, 1, 1 - note / height))
     axes = list(figure.subplots(rows, columns, squeeze=False).flat)
     for axis, (name, ylabel, lines) in zip(axes, drawn):
         for _key, label, steps, values in lines:
@@ -157,7 +161,7 @@ def plot_comparison(runs: dict[str, list[list[dict]]], curves: list[tuple[str, s
     panels = [(key, name, ylabel) for key, name, ylabel in curves if any(key in p for seeds in runs.values() for points in seeds for p in points)]
     if not panels:
         return None
-    rows, columns = _layout(len(panels), 3)
+    rows, columns = grid_layout(len(panels), 3)
     figure = Figure(figsize=(4.6 * columns, 3.2 * rows + 0.5), layout="constrained")
     axes = list(figure.subplots(rows, columns, squeeze=False).flat)
     for axis, (key, name, ylabel) in zip(axes, panels):

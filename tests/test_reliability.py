@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _bad_inputs():
     spec = importlib.util.spec_from_file_location("bad_inputs", REPO / "scripts" / "bad_inputs.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -448,6 +449,15 @@ def test_resuming_a_complete_run_writes_its_missing_report(tmp_path, finished_ru
     assert main(["train", str(config_path), f"run.output_dir={run}", "run.resume=true"]) == 0
     assert "is already complete (4/4 steps)" in capsys.readouterr().out
     assert (run / "report.md").read_text().startswith("# Run report") and (run / "plots" / "training.png").stat().st_size > 1000
+
+
+def test_a_kill_after_the_last_save_before_pruning_is_finished_on_resume(tmp_path, finished_run):
+    """Killed between publishing the last checkpoint and deleting the old ones: the resume deletes them (as the
+    uninterrupted run did), keeping run.keep_checkpoints = 1."""
+    run, config_path = copy_run(finished_run, tmp_path)
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["step_000002", "step_000004"]  # keep 2 (default)
+    assert main(["train", str(config_path), f"run.output_dir={run}", "run.resume=true", "run.keep_checkpoints=1"]) == 0
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["step_000004"]
 
 
 def test_a_moved_run_folder_resumes_where_it_is(tmp_path, finished_run, capsys):

@@ -88,10 +88,15 @@ def save_checkpoint(run_dir, step: int, model, tokenizer, state: dict, keep: int
         shutil.rmtree(final)
     os.replace(staging, final)
     fsync_dir(root)
+    prune_checkpoints(run_dir, keep, protect)
+    return final
+
+
+def prune_checkpoints(run_dir, keep: int, protect: frozenset[int] = frozenset()) -> None:
+    """Delete all but the `keep` newest complete checkpoints, never the steps in `protect`."""
     for old_step, old in list_checkpoints(run_dir)[:-keep]:
         if old_step not in protect:
             shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def save_failed_message(run_dir, step: int, error: Exception) -> str:

@@ -43,6 +43,7 @@ from rlif.models.lora import load_policy
 from rlif.rl.checkpoint import (
     latest_checkpoint,
     loadable_checkpoint,
+    prune_checkpoints,
     remove_incomplete,
     rng_state,
     save_checkpoint,
@@ -76,7 +77,7 @@ CHOSEN_FILE = "chosen_checkpoint.json"  # what run.stop_rule keeps
 # Config fields that may differ between a run and its resumption: how it runs, not what it computes (the batching and
 # memory settings change only the order of float additions; a run that ran out of memory resumes with smaller ones).
 _RESUMABLE_DIFFERENCES = {
-    "run.resume", "run.overwrite", "run.progress", "run.report_to",
+    "run.resume", "run.overwrite", "run.progress", "run.report_to", "run.keep_checkpoints",
     "train.micro_batch_size", "train.micro_batch_tokens", "train.score_batch_size", "train.score_batch_tokens",
     "train.chunk_tokens",
     "rollout.generation_batch_size", "rollout.decode", "rollout.cpu_threads", "rollout.gpu_memory_utilization",
@@ -304,8 +305,10 @@ def set_up(config: Config) -> tuple[Path, Run | None]:
         return run_dir, None
     if start_step >= num_steps:
         accelerator.print(f"{run_dir} is already complete ({start_step}/{num_steps} steps)")
-        if accelerator.is_main_process and not (run_dir / "report.md").is_file():  # killed while writing it
-            accelerator.print(f"writing its missing report: {write_report(run_dir)}")
+        if accelerator.is_main_process:  # killed after the last save, before its old checkpoints went, or during the report
+            prune_checkpoints(run_dir, config.run.keep_checkpoints, protect=chosen_steps(run_dir))
+            if not (run_dir / "report.md").is_file():
+                accelerator.print(f"writing its missing report: {write_report(run_dir)}")
         return run_dir, None
     policy = load_policy(config, resume_from[1] if resume_from else None)  # full weights, or base + LoRA adapters
     check_vocabulary(policy, tokenizer, config.model.path)
@@ -352,6 +355,13 @@ def set_up(config: Config) -> tuple[Path, Run | None]:
         if point["step"] <= start_step:  # (another process may not have cut the log back to the checkpoint yet)
             apply_stop_rule(run, point["step"], point)  # the evaluations before the checkpoint, as the rule saw them
     return run_dir, run
+
+
+def chosen_steps(run_dir: Path) -> frozenset[int]:
+    """The step run.stop_rule kept ({} when it kept none yet): never pruned."""
+    path = run_dir / CHOSEN_FILE
+    step = json.loads(path.read_text()).get("step") if path.is_file() else None
+    return frozenset() if step is None else frozenset({step})
 
 
 def stopped_by_rule(run_dir: Path) -> dict | None:

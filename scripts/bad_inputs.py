@@ -468,7 +468,7 @@ def _(fx, d):
     return Run(train(fx, d, f"model.path={fx.data}"), [fx.config])
 
 
-@case("model_folder_empty", "-", "could not load a tokenizer from local folder")
+@case("model_folder_empty", "-", "is not a model folder: it has no config.json")
 def _(fx, d):
     (d / "empty_model").mkdir()
     return Run(train(fx, d, f"model.path={d / 'empty_model'}"), [fx.config])

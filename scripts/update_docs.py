@@ -2,6 +2,9 @@
 
     python scripts/update_docs.py                          # docs/configuration.md, from the config dataclasses
     python scripts/update_docs.py --check                  # exit 1 if it is stale (tests/test_config.py runs this)
+    python scripts/update_docs.py --comparisons            # also both worlds' comparison tables and curves in docs/testbed.md,
+        # from runs/testbed-compare and runs/testbed-compare-scaffolded (`rlif compare configs/testbed/compare.yaml`, and
+        # `... compare-scaffolded.yaml`)
     python scripts/update_docs.py --main-job RUN FULL      # also the main job's figures in README.md and docs/testbed.md:
         # RUN = the folder `rlif train configs/testbed/intuitor.yaml` wrote (it stops by its label-free rule), FULL = the
         # folder of the same with run.stop_rule=none run.output_dir=runs/testbed-intuitor-full (all 60 steps)
@@ -127,6 +130,33 @@ def main_job_example(run_dir: Path) -> str:
     return "```\n" + "\n".join(lines) + "\n```"
 
 
+COMPARISONS = {"columns": REPO / "runs" / "testbed-compare", "scaffolded": REPO / "runs" / "testbed-compare-scaffolded"}
+
+
+def comparison_tables(out: Path) -> tuple[str, str]:
+    """(the results table, the label-free choice table) of an `rlif compare` output folder's comparison.md."""
+    lines = (out / "comparison.md").read_text().splitlines()
+    tables, current = [], []
+    for line in lines + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append("\n".join(current))
+            current = []
+    return tables[0], tables[1]
+
+
+def render_comparisons() -> str:
+    """docs/testbed.md with both worlds' comparison and checkpoint-choice tables; copies their curves into docs/testbed/."""
+    text = TESTBED.read_text()
+    for world, out in COMPARISONS.items():
+        results, choice = comparison_tables(out)
+        text = replace_between(text, f"compare-{world}", results)
+        text = replace_between(text, f"choice-{world}", choice)
+        shutil.copyfile(out / "curves.png", REPO / "docs" / "testbed" / f"compare-{world}-curves.png")
+    return text
+
+
 def render_main_job(run_dir: Path, full_dir: Path) -> dict[Path, str]:
     """README.md and docs/testbed.md with the main job's figures: `run_dir` as the main job ran (it stops by its rule),
     `full_dir` the same with run.stop_rule=none (all 60 steps: the trajectory docs/testbed.md tabulates)."""
@@ -141,6 +171,9 @@ if __name__ == "__main__":
         sys.exit(0 if DOC.read_text() == render() else 1)
     DOC.write_text(render())
     print(f"updated {DOC}")
+    if "--comparisons" in sys.argv[1:]:
+        TESTBED.write_text(render_comparisons())
+        print(f"updated {TESTBED} and docs/testbed/compare-*-curves.png")
     if "--main-job" in sys.argv[1:]:
         at = sys.argv.index("--main-job")
         for path, text in render_main_job(Path(sys.argv[at + 1]), Path(sys.argv[at + 2])).items():

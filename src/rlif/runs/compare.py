@@ -205,7 +205,7 @@ def aggregate(comparison: Comparison) -> Path:
     table = _results_table(comparison, runs)
     choice_table, choices = _choice_table(comparison, runs)
     by_method = {method: [runs[(method, s)] for s in comparison.seeds if (method, s) in runs] for method in comparison.methods}
-    plot_comparison({k: v for k, v in by_method.items() if v}, CURVES, out / "curves.png", title=f"{comparison.path.stem}: mean ± sd over seeds")
+    plot_comparison({k: v for k, v in by_method.items() if v}, CURVES, out / "curves.png", title=f"{comparison.path.name} ({comparison.output_dir.name}): mean ± sd over seeds {comparison.seeds}")
     command = f"rlif compare {comparison.path}" + "".join(f" {o}" for o in comparison.overrides)
     text = [
         f"# Comparison: {comparison.path}",

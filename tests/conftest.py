@@ -1,8 +1,12 @@
-"""Shared fixtures: a tiny character-level tokenizer and tiny random Llama/Qwen2 models on disk."""
+"""Shared fixtures: a tiny character-level tokenizer and tiny random Llama/Qwen2 models on disk; loading the repository's
+scripts and benchmarks as modules."""
 
+import importlib.util
 import json
 import os
 import random
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +19,18 @@ if not torch.cuda.is_available():
 from rlif.testbed.tiny import char_tokenizer, save_tiny_model, tiny_causal_lm
 
 ALPHABET = "0123456789+= \n"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_repo_module(relative: str):
+    """A file of the repository that is not in the package (`scripts/update_docs.py`, `bench/common.py`) as a module,
+    registered in sys.modules under `<folder>_<name>` (dataclasses look their module up there)."""
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(f"{path.parent.name}_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(autouse=True)

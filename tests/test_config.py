@@ -4,6 +4,7 @@ import dataclasses
 import typing
 
 import pytest
+from conftest import load_repo_module
 
 from rlif.config import Config, config_reference, field_docs, load_config
 from rlif.errors import ConfigError
@@ -92,12 +93,6 @@ def test_every_field_is_documented():
 
 
 def test_configuration_doc_is_current():
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).parents[1] / "scripts" / "update_docs.py"
-    spec = importlib.util.spec_from_file_location("update_docs", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_repo_module("scripts/update_docs.py")
     assert config_reference() in module.render()
     assert module.DOC.read_text() == module.render(), "docs/configuration.md is stale: run python scripts/update_docs.py"

@@ -2,16 +2,15 @@
 computes now: the test runs the main job (about a minute on 2 idle cores) and renders the figures again
 (`scripts/update_docs.py --main-job RUN` writes them)."""
 
-import importlib.util
 from pathlib import Path
+
+from conftest import load_repo_module
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_main_job_figures_in_the_docs_are_what_the_main_job_computes(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("update_docs", REPO / "scripts" / "update_docs.py")
-    update_docs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(update_docs)
+    update_docs = load_repo_module("scripts/update_docs.py")
     from rlif.config import load_config
     from rlif.rl.train import train
 

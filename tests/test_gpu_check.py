@@ -1,18 +1,17 @@
 """bench/gpu_check.py in its CPU smoke mode: the same code path the GPU check runs, on a tiny Qwen2 with the real
 Qwen2.5 tokenizer (the measurement itself needs a GPU)."""
 
-import importlib.util
 import json
 from pathlib import Path
+
+from conftest import load_repo_module
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_gpu_check_smoke_mode(tmp_path):
     """The script's steps are `rlif train`'s steps: the same config trained by `train` logs the same rewards and losses."""
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+    gpu_check = load_repo_module("bench/gpu_check.py")
     output = tmp_path / "report.json"
     work = tmp_path / "work"
     report = gpu_check.main(["--smoke", "--output", str(output), "--work", str(work)])
@@ -36,10 +35,7 @@ def test_gpu_check_smoke_mode(tmp_path):
 
 
 def load_bench(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_repo_module(f"bench/{name}.py")
 
 
 def test_the_gpu_script_asks_the_benchmarks_for_what_they_know():

@@ -6,19 +6,17 @@ when a change is meant to change what training computes. Floats may differ in th
 near 0); everything else exactly.
 """
 
-import importlib.util
 import json
 import math
 from pathlib import Path
+
+from conftest import load_repo_module
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("main_job_reference", REPO / "scripts" / "main_job_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_repo_module("scripts/main_job_reference.py")
 
 
 def test_short_main_job_equals_the_reference(tmp_path):

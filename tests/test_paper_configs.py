@@ -2,12 +2,12 @@
 reproducible; the accelerate configs say what the README says they do."""
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import load_repo_module
 
 from rlif.config import Config, load_config
 from rlif.data.prompts import prepare_prompts
@@ -51,10 +51,7 @@ def test_paper_config_loads_with_the_papers_values(path, monkeypatch):
 
 
 def qwen_tokenizer_dir():
-    spec = importlib.util.spec_from_file_location("bench_common", REPO / "bench" / "common.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.tokenizer_dir()
+    return load_repo_module("bench/common.py").tokenizer_dir()
 
 
 def test_paper_prompts_and_step_counts(monkeypatch):
@@ -69,10 +66,7 @@ def test_paper_prompts_and_step_counts(monkeypatch):
 
 
 def load_converter():
-    spec = importlib.util.spec_from_file_location("convert_math", REPO / "scripts" / "convert_math.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_repo_module("scripts/convert_math.py")
 
 
 def test_math_answer_extraction_by_hand(tmp_path):

@@ -1,16 +1,15 @@
 """scripts/real_model_experiment.py (the GPU experiment) end to end at its tiny size on CPU, on the tiny test model."""
 
-import importlib.util
 import json
 from pathlib import Path
+
+from conftest import load_repo_module
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_experiment_runs_every_method_and_writes_its_table(tmp_path, tiny_model_dir):
-    spec = importlib.util.spec_from_file_location("real_model_experiment", REPO / "scripts" / "real_model_experiment.py")
-    experiment = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(experiment)
+    experiment = load_repo_module("scripts/real_model_experiment.py")
     rows = experiment.main(["--tiny", "--model", str(tiny_model_dir), "--output", str(tmp_path), "--no-progress"])
     assert list(rows) == ["INTUITOR", "GRPO", "offline SC"]
     saved = json.loads((tmp_path / "table.json").read_text())

@@ -3,7 +3,6 @@ checkpoint, damaged or moved runs resumed. Each test reproduces what failed befo
 folder, a pickle that ran, a silently wrong score)."""
 
 import errno
-import importlib.util
 import json
 import os
 import pickle
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import write_addition_data
+from conftest import load_repo_module, write_addition_data
 from test_train import comparable, tiny_config
 
 import rlif.data.prompts
@@ -38,15 +37,7 @@ from rlif.testbed.tiny import tiny_causal_lm
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _bad_inputs():
-    spec = importlib.util.spec_from_file_location("bad_inputs", REPO / "scripts" / "bad_inputs.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-REWARDS = _bad_inputs().REWARDS  # the rewards that return strings, too few values, NaN: the same as the table's
+REWARDS = load_repo_module("scripts/bad_inputs.py").REWARDS  # the rewards that return strings, too few values, NaN: the same as the table's
 
 
 class WritesAFile:

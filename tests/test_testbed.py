@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from conftest import load_repo_module
 
 from rlif.testbed import BASE_MODEL_DIR, DATA_DIR
 from rlif.testbed.task import (
@@ -136,13 +137,7 @@ def test_shipped_base_model_uses_both_styles_and_is_imperfect():
 def test_style_certainty_script_reproduces_why_direct_answers_win(capsys):
     """scripts/style_certainty.py (README, main job): under the shipped base model the correct direct answers have
     the higher sequence self-certainty although their digits are less certain than the step-by-step digits."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "style_certainty.py"
-    spec = importlib.util.spec_from_file_location("style_certainty", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_repo_module("scripts/style_certainty.py")
     direct, steps = module.main(["--model", str(BASE_MODEL_DIR), "--limit", "40"])
     assert direct["style"] == "direct" and steps["style"] == "step by step"
     assert direct["sequence_self_certainty"] > steps["sequence_self_certainty"]

@@ -357,18 +357,22 @@ def set_up(config: Config) -> tuple[Path, Run | None]:
     return run_dir, run
 
 
+def chosen_record(run_dir: Path) -> dict:
+    """What run.stop_rule wrote to CHOSEN_FILE (the kept step, whether and where it stopped); {} when nothing."""
+    path = run_dir / CHOSEN_FILE
+    return (json.loads(path.read_text()) or {}) if path.is_file() else {}
+
+
 def chosen_steps(run_dir: Path) -> frozenset[int]:
     """The step run.stop_rule kept ({} when it kept none yet): never pruned."""
-    path = run_dir / CHOSEN_FILE
-    step = json.loads(path.read_text()).get("step") if path.is_file() else None
+    step = chosen_record(run_dir).get("step")
     return frozenset() if step is None else frozenset({step})
 
 
 def stopped_by_rule(run_dir: Path) -> dict | None:
     """The record of a run that run.stop_rule stopped, or None."""
-    path = run_dir / CHOSEN_FILE
-    record = json.loads(path.read_text()) if path.is_file() else None
-    return record if record and record.get("stopped_at") is not None else None
+    record = chosen_record(run_dir)
+    return record if record.get("stopped_at") is not None else None
 
 
 def uses_vllm(config: Config, accelerator) -> bool:

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import random
+import socket
 import sys
 from pathlib import Path
 
@@ -70,6 +71,13 @@ def write_addition_data(path, n=64, seed=0):
             a, b = rng.randint(0, 99), rng.randint(0, 99)
             file.write(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n")
     return path
+
+
+def free_port() -> int:
+    """A port nothing listens on now (for a rendezvous or a server: other test runs may share the machine)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ in the 7th digit, and group normalization divides them by a reward std of ~1e-3,
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ALPHABET, write_addition_data
+from conftest import ALPHABET, free_port, write_addition_data
 
 from rlif.config import load_config
 from rlif.data.jsonl import read_log as read_jsonl
@@ -59,9 +58,7 @@ def setup(tmp_path_factory):
 
 def launch(config_path: Path, run_dir: Path, *accelerate_args: str, script: list[str], overrides: tuple[str, ...] = (),
            succeeds: bool = True) -> subprocess.CompletedProcess:
-    with socket.socket() as probe:  # a free rendezvous port: other test runs may share the machine
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # the rendezvous
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), *accelerate_args,
                *script, "train", str(config_path), f"run.output_dir={run_dir}", *overrides]

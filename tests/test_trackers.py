@@ -8,7 +8,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import free_port
 
 from rlif.cli import main
 from rlif.config import load_config
@@ -303,9 +303,7 @@ def test_two_processes_log_once(stores):
     if not names:
         pytest.skip("neither tensorboard nor wandb is installed")
     run_dir = stores / "ddp"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu", "--main_process_port", str(port),
                "-m", "rlif.cli", "train", *TINY, "eval.path=null", f"run.output_dir={run_dir}",

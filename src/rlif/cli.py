@@ -7,7 +7,7 @@ import json
 import sys
 
 from rlif.errors import USER_ERRORS, ModelInstallError, TrainingDiverged
-from rlif.sampling import DECODE_MODES
+from rlif.sampling import DECODE_MODES, DEFAULT_VLLM_PORT, VLLM_KEY_VARIABLE
 
 
 def cmd_train(args) -> None:
@@ -140,6 +140,15 @@ def cmd_compare(args) -> None:
     comparison = load_comparison(args.config, args.overrides)
     out = aggregate(comparison) if args.aggregate_only else run_comparison(comparison, args.only, progress=not args.no_progress)
     print(f"comparison: {out / 'comparison.md'}")
+
+
+def cmd_serve_vllm(args) -> None:
+    from rlif.models.load import resolve_model_path
+    from rlif.sampling.vllm_server import serve
+
+    serve(resolve_model_path(args.model), host=args.host, port=args.port, max_model_len=args.max_model_len, dtype=args.dtype,
+          gpu_memory_utilization=args.gpu_memory_utilization, trust_remote_code=args.trust_remote_code,
+          **({"kv_cache_memory_bytes": int(args.kv_cache_gib * 2**30)} if args.kv_cache_gib else {}))
 
 
 def cmd_testbed(args) -> None:
@@ -278,6 +287,31 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--aggregate-only", action="store_true", help="only rebuild the table and plot from existing runs")
     compare.add_argument("--no-progress", action="store_true", help="no progress bars")
     compare.set_defaults(func=cmd_compare)
+
+    serve = commands.add_parser(
+        "serve-vllm", help="serve rollouts from a vLLM engine on this machine's GPU (rollout.engine=vllm-server)",
+        description="One vLLM engine (tensor parallel 1) on this process's device, for a training run elsewhere "
+        "(rollout.engine=vllm-server, rollout.vllm_servers=[HOST:PORT, ...]): it samples the run's prompts and receives "
+        "the weights after every update (NCCL between GPUs, gloo otherwise). Choose the GPU with CUDA_VISIBLE_DEVICES; "
+        f"beyond this machine set {VLLM_KEY_VARIABLE} to the same secret on both sides. docs/vllm-engine.md.",
+        epilog="example:\n  CUDA_VISIBLE_DEVICES=1 rlif serve-vllm Qwen/Qwen2.5-1.5B --port 8765 --max-model-len 3584\n"
+        "  CUDA_VISIBLE_DEVICES=0 rlif train configs/paper/intuitor-qwen2.5-1.5b.yaml rollout.engine=vllm-server "
+        "rollout.vllm_servers=[localhost:8765]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("model", help="model folder, installed model name or hub id: the run's model.path")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; 0.0.0.0 for every one)")
+    serve.add_argument("--port", type=int, default=DEFAULT_VLLM_PORT, help=f"port to listen on (default {DEFAULT_VLLM_PORT})")
+    serve.add_argument("--max-model-len", type=int, default=None,
+                       help="longest prompt + response in tokens (default: the model's max_position_embeddings)")
+    serve.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                       help="the engine's dtype (default float32, rlif's model.dtype; the run's model.dtype gives log-probs closest "
+                       "to the trainer's, bfloat16 generates faster: then see train.tis_cap)")
+    serve.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                       help="share of the GPU's memory for weights and KV cache (default 0.9: the GPU is the engine's alone)")
+    serve.add_argument("--kv-cache-gib", type=float, default=None, help="KV cache size in GiB (default: from the share; 1 GiB on a CPU)")
+    serve.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (as model.trust_remote_code)")
+    serve.set_defaults(func=cmd_serve_vllm)
 
     testbed = commands.add_parser("testbed", help="the arithmetic testbed: prompt files and the base model")
     testbed_commands = testbed.add_subparsers(dest="action", required=True)

@@ -30,7 +30,7 @@ from rlif.errors import ConfigError
 from rlif.files import write_text_atomic
 from rlif.rl.rewards import build_reward
 from rlif.runs.trackers import check_report_to
-from rlif.sampling import DEFAULT_CPU_THREADS, VLLM_INSTALL
+from rlif.sampling import DEFAULT_CPU_THREADS, DEFAULT_VLLM_PORT, VLLM_INSTALL, is_address
 
 DEFAULT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -110,8 +110,10 @@ class RolloutConfig:
     decode: Literal["dynamic", "static", "compiled"] = "dynamic"
     """Decode loop of the native engine: dynamic (growing cache, finished rows leave at once; best on CPU), static (fixed-shape
     cache, no host waits), compiled (static + torch.compile with CUDA graphs; for GPUs). All three use the same random numbers."""
-    engine: Literal["auto", "native", "vllm"] = "auto"
-    """Generation engine: native (rlif's KV-cache sampler: exact, keyed randomness; signals from the sampling pass), vllm (a colocated vLLM engine on each process's device, weights synced after every update; the trainer then scores the rollout in one pass for pi_old and self-certainty), auto (vllm when it is installed and the device is a GPU, else native)."""
+    engine: Literal["auto", "native", "vllm", "vllm-server"] = "auto"
+    """Generation engine: native (rlif's KV-cache sampler: exact, keyed randomness; signals from the sampling pass), vllm (a colocated vLLM engine on each process's device, weights synced after every update; the trainer then scores the rollout in one pass for pi_old and self-certainty), vllm-server (the same engine on other GPUs or machines, `rlif serve-vllm`, at rollout.vllm_servers; weights pushed over NCCL, gloo on CPU), auto (vllm when it is installed and the device is a GPU, else native)."""
+    vllm_servers: list[str] = field(default_factory=list)
+    """For engine vllm-server: host:port of each `rlif serve-vllm` (a list, or one); every training process sends its prompts to its share of them, and process 0 pushes the weights to all (docs/vllm-engine.md)."""
     gpu_memory_utilization: float = 0.3
     """vllm engine on a GPU: the share of the device's memory vLLM takes for its weights and KV cache (the update shares the device; vLLM sleeps between rollouts where it can)."""
     cpu_threads: int = DEFAULT_CPU_THREADS
@@ -127,6 +129,11 @@ class RolloutConfig:
         _require(self.cpu_threads >= 0, "rollout.cpu_threads", self.cpu_threads, "0 (torch's default) or a positive integer")
         if self.engine == "vllm" and importlib.util.find_spec("vllm") is None:
             _require(False, "rollout.engine", self.engine, f"native or auto, or install vLLM: {VLLM_INSTALL}")
+        if self.engine == "vllm-server":
+            _require(bool(self.vllm_servers), "rollout.vllm_servers", self.vllm_servers,
+                     f"the host:port of at least one `rlif serve-vllm` (e.g. [localhost:{DEFAULT_VLLM_PORT}]) for engine vllm-server")
+            for index, address in enumerate(self.vllm_servers):
+                _require(is_address(address), f"rollout.vllm_servers[{index}]", address, f"host:port, e.g. localhost:{DEFAULT_VLLM_PORT}")
 
 
 @dataclass

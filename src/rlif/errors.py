@@ -42,4 +42,9 @@ class TrainingDiverged(RuntimeError):
     """A loss, reward or gradient became NaN/inf; the run stopped before the bad update (exit code 1)."""
 
 
-USER_ERRORS = (ConfigError, DataError, ModelLoadError, ModelInstallError, OutputError)
+class VLLMServerError(RuntimeError):
+    """A vLLM server (`rlif serve-vllm`) cannot be reached, refused the connection, serves another model, or failed a
+    request (its own message is included)."""
+
+
+USER_ERRORS = (ConfigError, DataError, ModelLoadError, ModelInstallError, OutputError, VLLMServerError)

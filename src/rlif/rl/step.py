@@ -40,6 +40,7 @@ from rlif.rl.rewards import Reward, compute_reward
 from rlif.rl.rollout import Rollout, generate_rollout
 from rlif.sampling.keys import seed_for
 from rlif.sampling.vllm_engine import VLLMEngine
+from rlif.sampling.vllm_server import VLLMServerClient
 from rlif.signals.batching import length_batches, score_in_batches, trim_padding
 from rlif.signals.model import SignalModel
 from rlif.signals.tokens import TokenSignals, masked_mean
@@ -63,7 +64,7 @@ class TrainState:
     eos_ids: list[int]  # every token id that ends a response
     answer_format: AnswerFormat
     run_dir: Path  # for the "last good checkpoint" of a divergence message
-    engine: VLLMEngine | None = None  # the vllm engine (rollout.engine); None: the native sampler on the policy
+    engine: VLLMEngine | VLLMServerClient | None = None  # rollout.engine vllm or vllm-server; None: the native sampler on the policy
 
     @property
     def updates_per_rollout(self) -> int:
@@ -180,9 +181,12 @@ def policy_signals(state: TrainState, rollout: Rollout) -> TokenSignals:
 
 
 def sync_engine(state: TrainState) -> None:
-    """The policy's current weights into the engine (every process its own engine, full weights under FSDP2)."""
+    """The policy's current weights into the engine (full weights under FSDP2): every process into its own colocated
+    engine, or process 0 into the servers' engines."""
     with full_parameters(state.accelerator, state.signal_model):
         state.engine.update_weights(policy_weights(state.accelerator, state.signal_model).items())
+    if getattr(state.engine, "shared", False):  # vllm-server: process 0 pushed, and nobody samples before it is done
+        state.accelerator.wait_for_everyone()
 
 
 def reference_signals(state: TrainState, rollout: Rollout) -> TokenSignals:

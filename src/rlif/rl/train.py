@@ -70,6 +70,7 @@ from rlif.runs.log import RunLogger
 from rlif.runs.report import write_report
 from rlif.sampling.keys import seed_for
 from rlif.sampling.vllm_engine import VLLMEngine, check_head_dim, check_versions
+from rlif.sampling.vllm_server import VLLMServerClient
 from rlif.signals.model import SignalModel
 
 CHOSEN_FILE = "chosen_checkpoint.json"  # what run.stop_rule keeps
@@ -289,8 +290,10 @@ def set_up(config: Config) -> tuple[Path, Run | None]:
             raise ConfigError(f"config field eval.path = {config.eval.path!r}: evaluation needs labels, but data.label_field is null")
         eval_problems = prepare_prompts(config.data, tokenizer, config.eval.path, config.eval.limit)
     num_steps = total_steps(config, len(prompts.records))
-    vllm = uses_vllm(config, accelerator)
-    if vllm:  # vLLM and transformers versions, the model's head size: before any model loads
+    vllm, engine = uses_vllm(config, accelerator), None
+    if vllm and config.rollout.engine == "vllm-server":  # the servers reached and checked before any model loads
+        engine = build_engine(config, accelerator)
+    elif vllm:  # vLLM and transformers versions, the model's head size: before any model loads
         check_versions()
         check_head_dim(resolve_model_path(config.model.path), config.model.trust_remote_code)
     run_dir = prepare_run_dir(config, accelerator)
@@ -348,7 +351,7 @@ def set_up(config: Config) -> tuple[Path, Run | None]:
         answer_format=get_answer_format(config.data.answer_format), run_dir=run_dir,
     )
     if vllm:
-        state.engine = build_engine(config, accelerator)
+        state.engine = engine or build_engine(config, accelerator)
         sync_engine(state)  # a resumed run's (or LoRA's) weights are not the model folder's
     run = Run(state, prompts, eval_problems, num_steps, start_step)
     for point in eval_points(jsonl.read_log(run_dir / "metrics.jsonl")) if resume_from else []:
@@ -376,24 +379,35 @@ def stopped_by_rule(run_dir: Path) -> dict | None:
 
 
 def uses_vllm(config: Config, accelerator) -> bool:
-    """rollout.engine: vllm; or auto on a GPU when vLLM is installed (else the native sampler)."""
+    """rollout.engine: vllm or vllm-server; or auto on a GPU when vLLM is installed (else the native sampler)."""
     if config.rollout.engine == "auto":
         return accelerator.device.type == "cuda" and importlib.util.find_spec("vllm") is not None
-    return config.rollout.engine == "vllm"
+    return config.rollout.engine in ("vllm", "vllm-server")
 
 
-_ENGINES: dict[tuple, VLLMEngine] = {}  # engines of this process by their settings: the next run (rlif compare) reuses one
+_ENGINES: dict[tuple, VLLMEngine | VLLMServerClient] = {}  # this process's engines by their settings: the next run (rlif compare) reuses one
 
 
-def build_engine(config: Config, accelerator) -> VLLMEngine:
-    """This process's colocated vLLM engine on its own device (tensor parallel 1; every process samples its share).
+def build_engine(config: Config, accelerator) -> VLLMEngine | VLLMServerClient:
+    """This process's vLLM engine: colocated on its own device (tensor parallel 1; every process samples its share), or
+    the client of the `rlif serve-vllm` servers at rollout.vllm_servers.
 
     One engine per process and settings: a later run in the same process with the same model and limits reuses it
     (its weights are synced at every run's start). Every request carries its own seed, so the engine's seed is 0."""
     path = resolve_model_path(config.model.path)
+    model_config = AutoConfig.from_pretrained(path, trust_remote_code=config.model.trust_remote_code)
     longest = config.data.max_prompt_tokens + config.rollout.max_new_tokens  # vLLM refuses more than the model's positions
-    positions = getattr(AutoConfig.from_pretrained(path, trust_remote_code=config.model.trust_remote_code), "max_position_embeddings", None)
-    settings = dict(max_model_len=min(longest, positions or longest), dtype=config.model.dtype,
+    max_model_len = min(longest, getattr(model_config, "max_position_embeddings", None) or longest)
+    if config.rollout.engine == "vllm-server":
+        key = (tuple(config.rollout.vllm_servers), accelerator.process_index, max_model_len)
+        if key not in _ENGINES:
+            _ENGINES[key] = VLLMServerClient(
+                config.rollout.vllm_servers, process_index=accelerator.process_index, num_processes=accelerator.num_processes,
+                device=accelerator.device, max_model_len=max_model_len, dtype=config.model.dtype,
+                vocab_size=getattr(getattr(model_config, "text_config", None) or model_config, "vocab_size", None),
+            )
+        return _ENGINES[key]
+    settings = dict(max_model_len=max_model_len, dtype=config.model.dtype,
                     gpu_memory_utilization=config.rollout.gpu_memory_utilization, trust_remote_code=config.model.trust_remote_code)
     key = (path, str(accelerator.device), *sorted(settings.items()))
     if key not in _ENGINES:

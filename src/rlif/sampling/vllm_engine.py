@@ -388,16 +388,7 @@ class VLLMEngine:
             truncated.append(completion.finish_reason == "length")
             if logprobs:
                 token_logprobs.append(_sampled_logprobs(completion))
-        samples = Samples(responses=responses, truncated=truncated, num_samples=num_samples)
-        if logprobs:
-            lengths = torch.tensor([len(r) for r in responses], dtype=torch.long)
-            width = max(1, int(lengths.max())) if responses else 1
-            table = torch.zeros(len(responses), width)  # (rows, T)
-            for row, values in enumerate(token_logprobs):
-                table[row, : len(values)] = torch.tensor(values)
-            samples.token_signals = TokenSignals(table, None, None)
-            samples.logprob = (table.double().sum(1) / lengths.clamp(min=1)).float()  # (rows,)
-        return samples
+        return samples_from(responses, truncated, token_logprobs if logprobs else None, num_samples)
 
     # ------------------------------------------------------------------------------------------------ weights
 
@@ -460,6 +451,22 @@ class VLLMEngine:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def samples_from(responses: list[list[int]], truncated: list[bool], token_logprobs: list[list[float]] | None,
+                 num_samples: int) -> Samples:
+    """`Samples` from an engine's responses and, if given, each sampled token's log-prob: `token_signals.logprobs`
+    (rows, longest response; 0 after each response) and their mean `logprob`."""
+    samples = Samples(responses=responses, truncated=truncated, num_samples=num_samples)
+    if token_logprobs is not None:
+        lengths = torch.tensor([len(r) for r in responses], dtype=torch.long)
+        width = max(1, int(lengths.max())) if responses else 1
+        table = torch.zeros(len(responses), width)  # (rows, T)
+        for row, values in enumerate(token_logprobs):
+            table[row, : len(values)] = torch.tensor(values)
+        samples.token_signals = TokenSignals(table, None, None)
+        samples.logprob = (table.double().sum(1) / lengths.clamp(min=1)).float()  # (rows,)
+    return samples
 
 
 def _sampled_logprobs(completion) -> list[float]:

@@ -2,6 +2,7 @@
 
     python bench/vllm_rollout.py                       # the testbed base model, 64 prompts x 8 samples x 64 tokens
     python bench/vllm_rollout.py --model PATH --prompts 16 --samples 4 --tokens 128
+    python bench/vllm_rollout.py --server              # also one `rlif serve-vllm` on this machine (server mode)
 
 Everything runs in one process (the engine is in-process, VLLM_ENABLE_V1_MULTIPROCESSING=0). The variants alternate
 in every round and the table reports medians: completion tokens/s by wall clock and per CPU-second of this process
@@ -11,6 +12,8 @@ in every round and the table reports medians: completion tokens/s by wall clock 
   rlif             rlif.sampling.sample with per-token signals (what the trainer runs; decode="dynamic")
   rlif-no-signals  the same without signals
   hf-generate      Hugging Face model.generate(num_return_sequences=G) sampling from softmax(z / T), top-k off
+  vllm-server      (--server) the same engine in an `rlif serve-vllm` process, through rlif.sampling.vllm_server's
+                   client; its weight update is the broadcast over a process group (gloo here; NCCL between GPUs)
 Needs vllm (see .ci/vllm); prints the load average before and after, which these numbers depend on.
 """
 
@@ -67,6 +70,7 @@ def main() -> None:
     parser.add_argument("--max-model-len", type=int, default=0, help="default: longest prompt + --tokens")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for both engines (0: leave as is); "
                         "on a shared 2-core machine 2 threads spin-wait on each other whenever another job takes a core")
+    parser.add_argument("--server", action="store_true", help="add server mode: one `rlif serve-vllm` process on this machine")
     parser.add_argument("--json", help="write the measurements here too")
     args = parser.parse_args()
     if args.threads:
@@ -102,7 +106,17 @@ def main() -> None:
         results[f"{name}_s"], results[f"{name}_cpu_s"] = seconds, cpu
         print(f"{name}: {seconds:.2f} s ({sum(map(len, out.responses))} tokens)", flush=True)
 
+    server = None
+    if args.server:
+        from rlif.sampling.vllm_server import VLLMServerClient, launch_server
+
+        (server, address), seconds, _ = timed(lambda: launch_server(args.model, "--max-model-len", str(max_model_len),
+                                                                    env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}))
+        results["server_startup_s"] = seconds
+        client = VLLMServerClient([address], max_model_len=max_model_len)
+        client.sample(prompts, seed=1, **common)  # its first request
     variants = {
+        **({"vllm-server": lambda seed: client.sample(prompts, seed=seed, **common)} if server else {}),
         "vllm": lambda seed: engine.sample(prompts, seed=seed, **common),
         "vllm-no-logprobs": lambda seed: engine.sample(prompts, seed=seed, logprobs=False, **common),
         "rlif": lambda seed: sample(model, prompts, seed=seed, batch_size=256, track_signals=True, **common),
@@ -132,6 +146,15 @@ def main() -> None:
     results["update_weights_from_folder_s"] = statistics.median(engine.update_weights_from_folder(folder) for _ in range(3))
     print(f"\nupdate_weights (in-process, {len(state)} tensors): {results['update_weights_s']:.3f} s (median of 3: {updates})")
     print(f"update_weights_from_folder: {results['update_weights_from_folder_s']:.3f} s")
+    if server:
+        pushes = [client.update_weights(state.items()) for _ in range(4)]  # the first also forms the process group
+        results["server_update_weights_first_s"], results["server_update_weights_s"] = pushes[0], statistics.median(pushes[1:])
+        print(f"server update_weights (broadcast, {client.backend}): {results['server_update_weights_s']:.3f} s "
+              f"(median of 3 after the first, {pushes[0]:.3f} s with the group's set-up); server start-up "
+              f"{results['server_startup_s']:.1f} s")
+        client.close()
+        server.terminate()
+        server.wait()
     print(f"startup {results['startup_s']:.1f} s, import vllm {results['import_vllm_s']:.1f} s")
     engine.close()
     results["load_average_after"] = os.getloadavg()

@@ -279,6 +279,31 @@ def _(fx, d):
     return Run(train(fx, d, "train.lrr=1"), [fx.config])
 
 
+@case("vllm_server_missing", "-", "config field rollout.vllm_servers = []: expected the host:port of at least one `rlif serve-vllm`")
+def _(fx, d):
+    return Run(train(fx, d, "rollout.engine=vllm-server"), [fx.config])
+
+
+@case("vllm_server_malformed", "-", "config field rollout.vllm_servers[0] = 'gpu-node': expected host:port")
+def _(fx, d):
+    return Run(train(fx, d, "rollout.engine=vllm-server", "rollout.vllm_servers=[gpu-node]"), [fx.config])
+
+
+@case("vllm_server_not_listening", "-", "(connection refused): start one with `rlif serve-vllm")
+def _(fx, d):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return Run(train(fx, d, "rollout.engine=vllm-server", f"rollout.vllm_servers=[127.0.0.1:{port}]"), [fx.config])
+
+
+@case("vllm_server_open_without_key", "-", "--host 0.0.0.0: set RLIF_VLLM_KEY to a secret")
+def _(fx, d):
+    return Run(["serve-vllm", str(fx.model), "--host", "0.0.0.0"], [fx.model], env={"RLIF_VLLM_KEY": ""})
+
+
 @case("clip_eps_out_of_range", "-", "config field train.clip_eps = 2.0: expected a number in (0, 1)")
 def _(fx, d):
     return Run(train(fx, d, "train.clip_eps=2"), [fx.config])

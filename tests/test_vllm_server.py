@@ -7,11 +7,9 @@ not import (`.ci/vllm` builds the environment); the errors that need no server a
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -34,7 +32,7 @@ from rlif.models.load import eos_token_ids, load_model, load_tokenizer  # noqa: 
 from rlif.rl.step import train_step  # noqa: E402
 from rlif.rl.train import close_engines, set_up, step_prompts, train  # noqa: E402
 from rlif.sampling.native import sample  # noqa: E402
-from rlif.sampling.vllm_server import VLLMServerClient  # noqa: E402
+from rlif.sampling.vllm_server import VLLMServerClient, launch_server  # noqa: E402
 from rlif.testbed.task import get_world  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,30 +42,17 @@ MODEL = get_world("columns").model_dir
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def start_server(log: Path) -> tuple[subprocess.Popen, str]:
-    """`rlif serve-vllm MODEL --port 0` as a process; returns it and the address its ready line names."""
-    with log.open("w") as stderr:  # the child keeps its own copy of the file
-        process = subprocess.Popen([sys.executable, "-m", "rlif.cli", "serve-vllm", str(MODEL), "--port", "0"], cwd=REPO,
-                                   env=ENV, stdout=subprocess.PIPE, stderr=stderr, text=True)
-    found = {}
-
-    def read():
-        for line in process.stdout:
-            if match := re.search(r"ready at (\S+:\d+)", line):
-                found["address"] = match.group(1)
-                return
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(timeout=600)
-    assert "address" in found, f"rlif serve-vllm did not start (exit {process.poll()}): {log.read_text()[-3000:]}"
-    return process, found["address"]
-
-
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
     logs = tmp_path_factory.mktemp("servers")
-    started = [start_server(logs / f"server{i}.log") for i in range(2)]
+    started = []
+    for index in range(2):
+        log = logs / f"server{index}.log"
+        with log.open("w") as stderr:  # the child keeps its own copy of the file
+            try:
+                started.append(launch_server(MODEL, stderr=stderr, env=ENV))
+            except VLLMServerError as error:
+                pytest.fail(f"{error}: {log.read_text()[-3000:]}")
     yield [address for _, address in started]
     close_engines()  # this process's clients of them
     for process, _ in started:

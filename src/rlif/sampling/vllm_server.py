@@ -28,7 +28,9 @@ import contextlib
 import datetime
 import json
 import os
+import re
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -37,11 +39,14 @@ from collections.abc import Iterable, Sequence
 from multiprocessing.connection import Client, Connection, Listener
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
+from transformers import AutoConfig
 
 from rlif.errors import VLLMServerError
 from rlif.sampling import DEFAULT_VLLM_PORT, VLLM_KEY_VARIABLE as KEY_VARIABLE, parse_address
 from rlif.sampling.native import Samples
+from rlif.sampling.vllm_engine import VLLMEngine, VLLMUnavailableError, VLLMVersionError, check_versions, samples_from
 
 DEFAULT_KEY = b"rlif-vllm-server"  # for a server on the loopback interface only; set RLIF_VLLM_KEY elsewhere
 WEIGHTS_TIMEOUT_S = 600  # a weight broadcast that waits longer than this for the other side fails (a dead trainer)
@@ -81,8 +86,6 @@ def samples_to_json(samples: Samples) -> dict:
 def weights_group(host: str, port: int, rank: int, world_size: int, backend: str, store=None):
     """A torch process group of the trainer's process 0 (rank 0, whose TCPStore is at host:port) and the servers,
     apart from any default group (the trainer's DDP group stays as it is)."""
-    import torch.distributed as dist
-
     timeout = datetime.timedelta(seconds=WEIGHTS_TIMEOUT_S)
     if store is None:
         store = dist.TCPStore(host, port, world_size, is_master=False, timeout=timeout)
@@ -181,9 +184,6 @@ class Server:
 def serve(model: str, host: str = "127.0.0.1", port: int = DEFAULT_VLLM_PORT, **engine_settings) -> None:
     """Start a VLLMEngine for `model` and serve it until the process is stopped (`rlif serve-vllm`; port 0: any free
     port, the one chosen is in the "ready at HOST:PORT" line)."""
-    from transformers import AutoConfig
-
-    from rlif.sampling.vllm_engine import VLLMEngine, VLLMUnavailableError, VLLMVersionError, check_versions
 
     if host not in ("127.0.0.1", "localhost") and not os.environ.get(KEY_VARIABLE):
         raise VLLMServerError(f"--host {host}: set {KEY_VARIABLE} to a secret (the same on the trainer's side) before "
@@ -207,6 +207,28 @@ def serve(model: str, host: str = "127.0.0.1", port: int = DEFAULT_VLLM_PORT, **
         server.serve_forever()
     finally:
         engine.close()
+
+
+def launch_server(model: str, *options: str, stderr=None, env: dict | None = None, timeout_s: float = 600):
+    """`rlif serve-vllm MODEL --port 0 OPTIONS...` as a child process on this machine (tests, benchmarks, one-machine
+    runs); returns (the process, the "host:port" its ready line names). Raises VLLMServerError if it does not start."""
+    process = subprocess.Popen([sys.executable, "-m", "rlif.cli", "serve-vllm", str(model), "--port", "0", *options],
+                               stdout=subprocess.PIPE, stderr=stderr, env=env, text=True)
+    found = {}
+
+    def read_ready_line():
+        for line in process.stdout:
+            if match := re.search(r"ready at (\S+:\d+)", line):
+                found["address"] = match.group(1)
+                return
+
+    reader = threading.Thread(target=read_ready_line, daemon=True)
+    reader.start()
+    reader.join(timeout=timeout_s)
+    if "address" not in found:
+        process.kill()
+        raise VLLMServerError(f"rlif serve-vllm {model} did not start within {timeout_s:.0f} s (exit code {process.wait()})")
+    return process, found["address"]
 
 
 # ---------------------------------------------------------------------------------------------------------- client
@@ -268,8 +290,6 @@ class VLLMServerClient:
     def sample(self, prompts: Sequence[Sequence[int]], *, num_samples: int = 1, prompt_keys: Sequence[int] | None = None,
                logprobs: bool = True, **settings) -> Samples:
         """As `VLLMEngine.sample`: this process's prompts split among its servers, sampled at the same time."""
-        from rlif.sampling.vllm_engine import samples_from
-
         keys = list(prompt_keys) if prompt_keys is not None else list(range(len(prompts)))
         if len(keys) != len(prompts):
             raise ValueError(f"{len(keys)} prompt_keys for {len(prompts)} prompts")
@@ -318,8 +338,6 @@ class VLLMServerClient:
 
     def join_weights_group(self):
         """A process group of this process (rank 0) and every server, NCCL where all are on CUDA, else gloo."""
-        import torch.distributed as dist
-
         everyone_on_cuda = self.device.type == "cuda" and all(i["device"] == "cuda" for i in self.infos.values())
         backend = "nccl" if everyone_on_cuda else "gloo"
         self.group_device = self.device if backend == "nccl" else torch.device("cpu")

@@ -184,7 +184,6 @@ class Server:
 def serve(model: str, host: str = "127.0.0.1", port: int = DEFAULT_VLLM_PORT, **engine_settings) -> None:
     """Start a VLLMEngine for `model` and serve it until the process is stopped (`rlif serve-vllm`; port 0: any free
     port, the one chosen is in the "ready at HOST:PORT" line)."""
-
     if host not in ("127.0.0.1", "localhost") and not os.environ.get(KEY_VARIABLE):
         raise VLLMServerError(f"--host {host}: set {KEY_VARIABLE} to a secret (the same on the trainer's side) before "
                               "listening beyond this machine")

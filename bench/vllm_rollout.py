@@ -13,7 +13,8 @@ in every round and the table reports medians: completion tokens/s by wall clock 
   rlif-no-signals  the same without signals
   hf-generate      Hugging Face model.generate(num_return_sequences=G) sampling from softmax(z / T), top-k off
   vllm-server      (--server) the same engine in an `rlif serve-vllm` process, through rlif.sampling.vllm_server's
-                   client; its weight update is the broadcast over a process group (gloo here; NCCL between GPUs)
+                   client (its CPU-seconds are the client's only); its weight update is the broadcast over a process
+                   group (gloo here; NCCL between GPUs)
 Needs vllm (see .ci/vllm); prints the load average before and after, which these numbers depend on.
 """
 

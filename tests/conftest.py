@@ -5,8 +5,11 @@ import importlib.util
 import json
 import os
 import random
+import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -78,6 +81,17 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def kill_when(command: list[str], path: Path, *, env: dict | None = None, cwd: Path = REPO, timeout_s: float = 600) -> None:
+    """Run `command` until `path` exists (a checkpoint, say), then SIGKILL it; fails if it ended or timed out first."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd, env=env)
+    deadline = time.time() + timeout_s
+    while not path.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert path.exists(), process.stderr.read().decode()[-3000:] if process.poll() is not None else "timed out"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ try:
 except VLLMUnavailableError as error:
     pytest.skip(f"vLLM is not available here ({error})", allow_module_level=True)
 
-from conftest import free_port  # noqa: E402
+from conftest import free_port, kill_when  # noqa: E402
 
 from rlif.config import load_config  # noqa: E402
 from rlif.data.jsonl import read_log  # noqa: E402
@@ -174,14 +173,7 @@ def test_kill_and_resume_against_the_same_servers(servers, tmp_path):
                  "eval.limit=16", "run.stop_rule=none", "run.progress=false"]
     straight = train(load_config(MAIN_JOB, [*overrides, f"run.output_dir={tmp_path / 'straight'}"]))
     command = [sys.executable, "-m", "rlif.cli", "train", str(MAIN_JOB), *overrides, f"run.output_dir={tmp_path / 'killed'}"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO, env=ENV)
-    checkpoint = tmp_path / "killed" / "checkpoints" / "step_000002"
-    deadline = time.time() + 600
-    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert checkpoint.exists(), process.stderr.read().decode()[-3000:] if process.poll() is not None else "timed out"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_when(command, tmp_path / "killed" / "checkpoints" / "step_000002", env=ENV)
     resumed = subprocess.run([*command, "run.resume=true"], capture_output=True, text=True, cwd=REPO, env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     got, want = read_log(tmp_path / "killed" / "metrics.jsonl"), read_log(straight / "metrics.jsonl")

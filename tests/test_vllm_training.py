@@ -4,10 +4,9 @@ Skipped where vLLM does not import (`.ci/vllm` builds the environment). One engi
 (rlif.rl.train keeps engines by their settings), so only the first run pays the start-up.
 """
 
-import signal
+import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,8 @@ try:
     check_versions()
 except VLLMUnavailableError as error:
     pytest.skip(f"vLLM is not available here ({error})", allow_module_level=True)
+
+from conftest import kill_when  # noqa: E402
 
 from rlif.config import load_config  # noqa: E402
 from rlif.data.jsonl import read_log  # noqa: E402
@@ -100,15 +101,7 @@ def test_kill_and_resume_with_the_vllm_engine(tmp_path):
                  "run.progress=false"]
     straight = train(load_config(MAIN_JOB, [*overrides, f"run.output_dir={tmp_path / 'straight'}"]))
     command = [sys.executable, "-m", "rlif.cli", "train", str(MAIN_JOB), *overrides, f"run.output_dir={tmp_path / 'killed'}"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO,
-                               env={"OMP_NUM_THREADS": "1", **__import__("os").environ})
-    checkpoint = tmp_path / "killed" / "checkpoints" / "step_000002"
-    deadline = time.time() + 600
-    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.5)
-    assert checkpoint.exists(), process.stderr.read().decode()[-3000:] if process.poll() is not None else "timed out"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_when(command, tmp_path / "killed" / "checkpoints" / "step_000002", env={**os.environ, "OMP_NUM_THREADS": "1"})
     resumed = subprocess.run([*command, "run.resume=true"], capture_output=True, text=True, cwd=REPO)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     got, want = read_log(tmp_path / "killed" / "metrics.jsonl"), read_log(straight / "metrics.jsonl")

@@ -185,7 +185,7 @@ def sync_engine(state: TrainState) -> None:
     engine, or process 0 into the servers' engines."""
     with full_parameters(state.accelerator, state.signal_model):
         state.engine.update_weights(policy_weights(state.accelerator, state.signal_model).items())
-    if getattr(state.engine, "shared", False):  # vllm-server: process 0 pushed, and nobody samples before it is done
+    if state.engine.shared:  # vllm-server: process 0 pushed, and nobody samples before it is done
         state.accelerator.wait_for_everyone()
 
 

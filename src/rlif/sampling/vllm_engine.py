@@ -208,6 +208,8 @@ class VLLMEngine:
     Extra keyword arguments go to `vllm.LLM` as they are.
     """
 
+    shared = False  # every training process has an engine of its own (the servers of vllm_server are shared)
+
     def __init__(
         self,
         model_path: str | Path,

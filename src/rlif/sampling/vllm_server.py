@@ -276,7 +276,7 @@ class VLLMServerClient:
         self.max_model_len = min(info["max_model_len"] for info in self.infos.values())
         self.versions = self.infos[self.mine[0]]["versions"]
         self.timings: dict[str, float] = {}
-        self.group, self.token = None, None
+        self.group, self.token, self.backend = None, None, None  # the weight group, once process 0 first pushes
 
     @staticmethod
     def connect(address: str) -> Connection:
@@ -299,6 +299,19 @@ class VLLMServerClient:
         self.send(address, message)
         return receive(self.connections[address], address)
 
+    def replies(self, addresses: Sequence[str]) -> list[dict]:
+        """One reply from each server in turn, every one read before the first error is raised (so that each
+        connection stays in step with its requests)."""
+        replies, failures = [], []
+        for address in addresses:
+            try:
+                replies.append(receive(self.connections[address], address))
+            except VLLMServerError as error:
+                failures.append(error)
+        if failures:
+            raise failures[0]
+        return replies
+
     def sample(self, prompts: Sequence[Sequence[int]], *, num_samples: int = 1, prompt_keys: Sequence[int] | None = None,
                logprobs: bool = True, **settings) -> Samples:
         """As `VLLMEngine.sample`: this process's prompts split among its servers, sampled at the same time."""
@@ -308,20 +321,13 @@ class VLLMServerClient:
         if not prompts:
             return Samples(responses=[], truncated=[], num_samples=num_samples)
         parts = torch.tensor_split(torch.arange(len(prompts)), min(len(self.mine), len(prompts)))
-        for address, part in zip(self.mine, parts):  # every part is sent before any reply is read
+        used = self.mine[: len(parts)]
+        for address, part in zip(used, parts):  # every part is sent before any reply is read
             self.send(address, {"op": "sample", "prompts": [list(prompts[i]) for i in part.tolist()],
-                                             "prompt_keys": [keys[i] for i in part.tolist()], "num_samples": num_samples,
-                                             "logprobs": logprobs, **settings})
-        replies, failures = [], []
-        for address, _ in zip(self.mine, parts):  # every reply is read, so that each connection stays in step
-            try:
-                replies.append(receive(self.connections[address], address))
-            except VLLMServerError as error:
-                failures.append(error)
-        if failures:
-            raise failures[0]
+                                "prompt_keys": [keys[i] for i in part.tolist()], "num_samples": num_samples,
+                                "logprobs": logprobs, **settings})
         responses, truncated, token_logprobs = [], [], []
-        for reply in replies:
+        for reply in self.replies(used):
             responses += reply["responses"]
             truncated += reply["truncated"]
             token_logprobs += reply["logprobs"] or []
@@ -337,7 +343,8 @@ class VLLMServerClient:
         tokens = {self.request(address, {"op": "weights_group"})["token"] for address in self.addresses}
         if self.group is None or tokens != {self.token}:  # the first push, or another run took a server's group since
             self.group = self.join_weights_group()
-        tensors = [(name, tensor.detach().to(self.group_device).contiguous()) for name, tensor in named_tensors]
+        device = self.device if self.backend == "nccl" else torch.device("cpu")
+        tensors = [(name, tensor.detach().to(device).contiguous()) for name, tensor in named_tensors]
         specs = [[name, str(t.dtype).removeprefix("torch."), list(t.shape)] for name, t in tensors]
         for address in self.addresses:
             self.send(address, {"op": "update_weights", "specs": specs})
@@ -348,8 +355,7 @@ class VLLMServerClient:
             self.group = None
             raise VLLMServerError(f"the weight broadcast to the vLLM servers {', '.join(self.addresses)} failed "
                                   f"({str(error).splitlines()[0][:300]}); {RESUME_HINT}") from None
-        for address in self.addresses:
-            receive(self.connections[address], address)
+        self.replies(self.addresses)
         self.timings["update_weights_s"] = seconds = time.perf_counter() - begin
         return seconds
 
@@ -357,17 +363,15 @@ class VLLMServerClient:
         """A process group of this process (rank 0) and every server, NCCL where all are on CUDA, else gloo."""
         everyone_on_cuda = self.device.type == "cuda" and all(i["device"] == "cuda" for i in self.infos.values())
         backend = "nccl" if everyone_on_cuda else "gloo"
-        self.group_device = self.device if backend == "nccl" else torch.device("cpu")
         host = self.local_address(self.addresses[0])
         world_size, self.token = 1 + len(self.addresses), uuid.uuid4().hex
         store = dist.TCPStore(host, 0, world_size, is_master=True, wait_for_workers=False,
                               timeout=datetime.timedelta(seconds=WEIGHTS_TIMEOUT_S))
         for rank, address in enumerate(self.addresses, start=1):
             self.send(address, {"op": "join_weights", "host": host, "port": store.port, "rank": rank,
-                                             "world_size": world_size, "backend": backend, "token": self.token})
+                                "world_size": world_size, "backend": backend, "token": self.token})
         group = weights_group(host, store.port, 0, world_size, backend, store=store)
-        for address in self.addresses:
-            receive(self.connections[address], address)
+        self.replies(self.addresses)
         self.store, self.backend = store, backend  # the store lives as long as the group
         return group
 
